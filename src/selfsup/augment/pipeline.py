@@ -1,0 +1,106 @@
+"""View pipelines: a :class:`ViewSpec` per view, composed into multi-view and multi-crop pipelines.
+
+A pipeline takes a uint8 batch ``(B, C, H, W)`` on the training device and returns a list of float views,
+normalised with the dataset's statistics. All random parameters come from one ``torch.Generator`` that the
+engine owns and checkpoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import torch
+
+from . import ops
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view's transformations, in SimCLR's order: crop → flip → jitter → grayscale → blur → solarize → normalise."""
+
+    size: int
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int | None = None  # None: 10% of the view size, odd
+    solarize_p: float = 0.0
+    crop: bool = True  # False: resize the whole image (evaluation-style view)
+
+    def kernel_size(self) -> int:
+        k = self.blur_kernel if self.blur_kernel is not None else int(0.1 * self.size)
+        return k if k % 2 == 1 else k + 1
+
+
+class ViewTransform:
+    """Applies one :class:`ViewSpec` to a whole batch with per-sample random parameters."""
+
+    def __init__(self, spec: ViewSpec, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.spec = spec
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """``x``: uint8 or float in [0, 1], (B, C, H, W) → float (B, C, size, size), normalised."""
+        s = self.spec
+        dev = x.device
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        b, c, h, w = x.shape
+        if s.crop:
+            boxes = ops.sample_resized_crop(b, h, w, s.crop_scale, s.crop_ratio, gen, dev)
+        else:
+            boxes = torch.tensor([[0.0, 0.0, h, w]], device=dev).expand(b, 4)
+        flip = ops.bernoulli(b, s.flip_p, gen, dev) if s.flip_p > 0 else None
+        if s.crop or (h, w) != (s.size, s.size) or flip is not None:
+            x = ops.resized_crop(x, boxes, s.size, flip)
+        if s.jitter_p > 0 and any(v > 0 for v in s.jitter):
+            factors, order = ops.sample_color_jitter(b, *s.jitter, gen, dev)
+            x = ops.color_jitter(x, factors, order, ops.bernoulli(b, s.jitter_p, gen, dev))
+        if s.grayscale_p > 0 and c == 3:
+            x = ops.random_grayscale(x, ops.bernoulli(b, s.grayscale_p, gen, dev))
+        if s.blur_p > 0 and s.kernel_size() >= 3:
+            sigma = ops.uniform(b, *s.blur_sigma, gen, dev)
+            apply = ops.bernoulli(b, s.blur_p, gen, dev)
+            x = torch.where(apply[:, None, None, None], ops.gaussian_blur(x, sigma, s.kernel_size()), x)
+        if s.solarize_p > 0:
+            x = ops.solarize(x, ops.bernoulli(b, s.solarize_p, gen, dev))
+        return ops.normalize(x, self.mean.to(dev), self.std.to(dev))
+
+
+@dataclass
+class MultiViewPipeline:
+    """A list of view specs applied to the same batch: two SimCLR views, 2 global + N local crops, ..."""
+
+    specs: list[ViewSpec]
+    mean: Sequence[float]
+    std: Sequence[float]
+    transforms: list[ViewTransform] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.specs:
+            raise ValueError("a view pipeline needs at least one view")
+        self.transforms = [ViewTransform(s, self.mean, self.std) for s in self.specs]
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> list[torch.Tensor]:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        return [t(x, gen) for t in self.transforms]
+
+    @property
+    def n_views(self) -> int:
+        return len(self.specs)
+
+
+def eval_view(size: int, mean: Sequence[float], std: Sequence[float]) -> ViewTransform:
+    """No augmentation: resize (when needed) and normalise. Used for feature extraction."""
+    return ViewTransform(ViewSpec(size=size, crop=False, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0), mean, std)
+
+
+def with_overrides(spec: ViewSpec, **kw) -> ViewSpec:
+    """``dataclasses.replace`` that ignores None values (config fields left unset)."""
+    return replace(spec, **{k: v for k, v in kw.items() if v is not None})

@@ -1,0 +1,81 @@
+"""Turn CLI flags, ``--config`` files and ``--set`` overrides into a validated :class:`RunConfig`.
+
+Precedence, lowest first: dataclass defaults → ``--config`` YAML (a file or a packaged preset name) → named
+flags (``--epochs`` ...) → ``--set section.key=value``.
+"""
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, RunConfig, apply_overrides, build_run_config, load_yaml
+from ..registry import METHODS
+
+# flag → (section, key)
+FLAG_KEYS = {
+    "method": ("method", "name"), "data": ("data", "path"), "image_size": ("data", "image_size"),
+    "backbone": ("backbone", "name"), "width": ("backbone", "width"), "cifar_stem": ("backbone", "cifar_stem"),
+    "epochs": ("train", "epochs"), "max_steps": ("train", "max_steps"), "batch_size": ("train", "batch_size"),
+    "seed": ("train", "seed"), "device": ("train", "device"), "checkpoint_every": ("train", "checkpoint_every"),
+    "lr": ("optim", "lr"), "optimizer": ("optim", "name"), "compile": ("train", "compile"),
+    "time_limit_min": ("train", "time_limit_min"), "knn_every": ("train", "knn_every"),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in resources.files("selfsup.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config_arg(value: str) -> dict[str, Any]:
+    p = Path(value)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return load_yaml(p)
+    if value in preset_names():
+        return load_yaml(Path(str(resources.files("selfsup.configs") / f"{value}.yaml")))
+    raise ConfigError(f"--config '{value}' is neither a YAML file nor a preset; presets: {', '.join(preset_names())}")
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file or preset name (see `selfsup list`)")
+    p.add_argument("--method", help="method name, e.g. simclr")
+    p.add_argument("--data", help="dataset name, .npz file or image folder")
+    p.add_argument("--image-size", type=int, help="resize images to this size")
+    p.add_argument("--backbone", help="backbone name, e.g. resnet18")
+    p.add_argument("--width", type=float, help="backbone width multiplier (0.25 is the CPU size)")
+    p.add_argument("--cifar-stem", action="store_true", default=None, help="3x3 stride-1 stem, no max-pool")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--time-limit-min", type=float, help="wall-clock budget in minutes (sizes the schedule)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the method's, scaled by batch/256)")
+    p.add_argument("--optimizer", help="sgd, adamw or lars")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the method")
+    p.add_argument("--knn-every", type=int, help="online kNN monitor every K epochs")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set method.temperature=0.2 --set optim.weight_decay=1e-5")
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
+    raw: dict[str, Any] = dict(base or {})
+    if getattr(args, "config", None):
+        raw = {**raw, **load_config_arg(args.config)}
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for flag, (section, key) in FLAG_KEYS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            raw.setdefault(section, {})
+            if isinstance(raw[section], str):  # "method: simclr" shorthand
+                raw[section] = {"name": raw[section]}
+            if section == "method" and key == "name" and raw[section].get("name") not in (None, v):
+                raw[section] = {}  # another method: the file's method keys do not apply
+            raw[section][key] = v
+    method = raw.get("method", {"name": "simclr"})
+    name = method if isinstance(method, str) else method.get("name", "simclr")
+    fields = list(getattr(METHODS.get(name).Config, "__dataclass_fields__", {}))
+    raw = apply_overrides(raw, getattr(args, "set", []) or [], method_fields=fields)
+    return build_run_config(raw)

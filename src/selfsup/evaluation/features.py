@@ -1,0 +1,44 @@
+"""Frozen-backbone features, computed once without augmentation (and cached by the evaluation runner)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..augment.pipeline import eval_view
+from ..data.base import ImageSplit
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, split: ImageSplit, mean, std, device: torch.device, *,
+                     batch_size: int = 512, max_images: int | None = None, stage: str | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pooled features ``(N, D)`` (float32, on CPU) and labels ``(N,)`` of ``split``, in dataset order.
+
+    ``stage`` names an intermediate stage (from ``backbone.stage_names``) to pool instead of the final features.
+    The backbone is put in eval mode (BN running statistics) and restored afterwards.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    view = eval_view(split.image_size[0], mean, std)
+    feats, labels = [], []
+    seen = 0
+    for x, _, y in split.batches(batch_size, shuffle=False):
+        x = view(x.to(device))
+        if stage is None:
+            f = backbone(x)
+        else:
+            out = backbone.forward_stages(x)[stage]
+            f = out.mean(dim=(2, 3)) if out.ndim == 4 else out.mean(dim=1) if out.ndim == 3 else out
+        feats.append(f.float().cpu())
+        if y is not None:
+            labels.append(y)
+        seen += x.shape[0]
+        if max_images is not None and seen >= max_images:
+            break
+    backbone.train(was_training)
+    f = torch.cat(feats)
+    y = torch.cat(labels) if labels else None
+    if max_images is not None:
+        f = f[:max_images]
+        y = y[:max_images] if y is not None else None
+    return f, y

@@ -1,0 +1,111 @@
+"""The Method contract: an ``nn.Module`` that takes a batch of views and returns a typed :class:`MethodOutput`.
+
+A method owns its backbone, heads and shared parts (EMA teacher, queue, ...), declares its default view
+pipeline and optimizer settings, and knows nothing about the trainer: the same object runs inside
+:mod:`selfsup.engine` or in a ten-line loop of your own::
+
+    method = build_method("simclr", backbone)
+    views = method.make_views(image_size=32, mean=..., std=...)
+    out = method(ViewBatch(views(x_uint8), index), StepContext(step, total))
+    out.loss.backward(); opt.step(); update_parts(method, ctx)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..augment.pipeline import MultiViewPipeline
+from ..augment.presets import build_pipeline
+from ..backbones.base import Backbone
+from ..components.base import StepContext
+from ..config import AugmentConfig, ConfigError, from_dict, to_plain
+
+
+@dataclass
+class ViewBatch:
+    """Views of one batch: ``views[i]`` is (B, C, H_i, W_i) float; ``index`` (B,) the images' dataset indices."""
+
+    views: list[torch.Tensor]
+    index: torch.Tensor | None = None
+
+
+@dataclass
+class MethodOutput:
+    """``loss``: scalar to minimise; ``logs``: scalars to record (tensors, no host sync needed);
+    ``embedding``: (B, D) representation used by collapse monitors (optional)."""
+
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    embedding: torch.Tensor | None = None
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has; subclasses add theirs with defaults next to their code."""
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``Config``, ``default_augment``, ``base_lr`` and implement ``forward``."""
+
+    Config: ClassVar[type] = MethodConfig
+    default_augment: ClassVar[str] = "simclr"
+    default_optimizer: ClassVar[str] = "sgd"
+    base_lr: ClassVar[float] = 0.3  # at batch 256; scaled linearly with the batch size
+    default_weight_decay: ClassVar[float] = 1e-4
+    supports_multicrop: ClassVar[bool] = False
+
+    def __init__(self, backbone: Backbone, cfg: Any = None, *, num_train: int = 0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.cfg = cfg if cfg is not None else self.Config()
+        self.num_train = num_train
+
+    def make_views(self, image_size: int, mean: Sequence[float], std: Sequence[float],
+                   augment: AugmentConfig | None = None) -> MultiViewPipeline:
+        """The view pipeline this method trains with (its default preset, overridable by ``augment``)."""
+        aug = augment or AugmentConfig()
+        if (aug.local_crops or 0) > 0 and not self.supports_multicrop:
+            raise ConfigError(f"augment.local_crops: method '{self.method_name()}' does not support multi-crop")
+        return build_pipeline(aug, self.default_augment, image_size, mean, std)
+
+    def eval_backbone(self) -> Backbone:
+        """The encoder whose features are evaluated (the online/student backbone by default)."""
+        return self.backbone
+
+    @classmethod
+    def method_name(cls) -> str:
+        return getattr(cls, "registered_name", cls.__name__.lower())
+
+    def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:  # pragma: no cover
+        raise NotImplementedError
+
+
+def build_method(name: str, backbone: Backbone, config: dict[str, Any] | Any = None, *, num_train: int = 0
+                 ) -> Method:
+    """Build a registered method; ``config`` is its Config dataclass or a dict of overrides."""
+    from ..registry import METHODS
+
+    cls = METHODS.get(name)
+    if config is None or isinstance(config, dict):
+        cfg = from_dict(cls.Config, {k: v for k, v in (config or {}).items() if k != "name"}, prefix="method.")
+    else:
+        cfg = config
+    return cls(backbone, cfg, num_train=num_train)
+
+
+def register_method(name: str, help: str = ""):
+    """Class decorator: registers a Method subclass under ``name`` and records the name on the class."""
+    from ..registry import METHODS
+
+    def deco(cls):
+        cls.registered_name = name
+        return METHODS.register(name, help=help)(cls)
+
+    return deco
+
+
+def method_defaults(cls: type) -> dict[str, Any]:
+    return to_plain(cls.Config())

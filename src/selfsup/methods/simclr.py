@@ -1,0 +1,47 @@
+"""SimCLR (Chen et al. 2020): two augmented views, an MLP projection head, NT-Xent with in-batch negatives."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..components.base import StepContext
+from ..heads.mlp import projection_head
+from ..losses.contrastive import check_temperature, nt_xent
+from .base import Method, MethodOutput, ViewBatch, register_method
+
+
+@dataclass
+class SimCLRConfig:
+    temperature: float = 0.2
+    proj_hidden_dim: int = 512
+    proj_dim: int = 128
+    proj_layers: int = 2
+
+    def validate(self) -> None:
+        check_temperature(self.temperature, "method.temperature")
+
+
+@register_method("simclr", help="SimCLR: NT-Xent over two views with in-batch negatives (Chen et al. 2020)")
+class SimCLR(Method):
+    """Representation h = backbone(x) is evaluated; z = g(h) feeds the loss (the head is discarded after)."""
+
+    Config = SimCLRConfig
+    default_augment = "simclr"
+    base_lr = 0.6
+    default_weight_decay = 1e-4
+
+    def __init__(self, backbone, cfg: SimCLRConfig | None = None, **kw) -> None:
+        super().__init__(backbone, cfg, **kw)
+        c = self.cfg
+        self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers)
+
+    def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
+        if len(batch.views) != 2:
+            raise ValueError(f"simclr expects 2 views, got {len(batch.views)}")
+        x = torch.cat(batch.views)  # one backbone pass over both views (BN sees 2B samples)
+        h = self.backbone(x)
+        z = self.projector(h)
+        z1, z2 = z.chunk(2)
+        loss = nt_xent(z1, z2, self.cfg.temperature)
+        return MethodOutput(loss=loss, embedding=h[: z1.shape[0]].detach())

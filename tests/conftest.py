@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny in-memory datasets made in the test, and the real data path when it exists."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.data.base import ImageDataset, InMemorySplit
+
+torch.set_num_threads(2)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_blobs(n: int = 64, channels: int = 3, size: int = 16, classes: int = 4, seed: int = 0) -> ImageDataset:
+    """Images whose class sets a coloured square's position: learnable structure in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = (torch.rand(n, channels, size, size, generator=g) * 60).to(torch.uint8)
+    half = size // 2
+    for i in range(n):
+        r, c = divmod(int(y[i]) % 4, 2)
+        x[i, :, r * half : (r + 1) * half, c * half : (c + 1) * half] += 150
+    ytest = torch.arange(n // 2) % classes
+    xt = x[: n // 2].clone()
+    return ImageDataset("blobs", InMemorySplit(x, y), InMemorySplit(xt, ytest), [str(i) for i in range(classes)])
+
+
+@pytest.fixture
+def tiny_data() -> ImageDataset:
+    return make_blobs()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "cifar10.npz").exists():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
