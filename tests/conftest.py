@@ -1,6 +1,7 @@
 """Shared fixtures: tiny in-memory datasets made in the test, and the real data path when it exists."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from selfsup.data.base import ImageDataset, InMemorySplit
 
 torch.set_num_threads(2)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the checkout (as in CI); SELFSUP_SHARED_DATA overrides it (git worktrees elsewhere).
+SHARED_DATA = Path(os.environ.get("SELFSUP_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 def make_blobs(n: int = 64, channels: int = 3, size: int = 16, classes: int = 4, seed: int = 0) -> ImageDataset:
