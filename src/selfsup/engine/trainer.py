@@ -139,7 +139,11 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
         if not quiet:
             print(f"resuming {run_dir} from {ckpt_file.name} (step {start_step}/{total_steps})", file=sys.stderr)
     write_config(run_dir, resolved)
-    lrs = warmup_cosine(lr, total_steps, warmup, lr * cfg.optim.min_lr_ratio)
+    def schedule(total: int) -> list[float]:
+        # warm-up never takes more than a fifth of a run (short budgets still get their cosine decay)
+        return warmup_cosine(lr, total, min(warmup, total // 5), lr * cfg.optim.min_lr_ratio)
+
+    lrs = schedule(total_steps)
 
     step_fn = method
     if t.compile:
@@ -167,6 +171,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
     t_start = time.perf_counter()
     t_window, imgs_window = t_start, 0
     calibrated = t.time_limit_min is None
+    t_calib = t_start
     max_steps = t.max_steps if t.max_steps is not None else total_steps
     try:
         while step < min(total_steps, max_steps) and stopped == "done":
@@ -216,13 +221,15 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
                     logger.progress(rec)
                     loss_sum.zero_()
                     loss_count, t_window, imgs_window = 0, now, 0
-                if not calibrated and step - start_step >= 8:
+                if step - start_step == 5:
+                    t_calib = time.perf_counter()  # after compilation and first-step allocations
+                if not calibrated and step - start_step >= 25:
                     # wall-clock budget: size the schedule from the measured speed (the warm-up is unchanged)
                     calibrated = True
-                    rate = (step - start_step) / (time.perf_counter() - t_start)
+                    rate = (step - start_step - 5) / (time.perf_counter() - t_calib)
                     budget = t.time_limit_min * 60 - (time.perf_counter() - t_start)
                     total_steps = min(total_steps, step + max(1, int(budget * rate)))
-                    lrs = warmup_cosine(lr, total_steps, warmup, lr * cfg.optim.min_lr_ratio)
+                    lrs = schedule(total_steps)
                     logger.total_steps = total_steps
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and not end_of_run:
                     save(step)

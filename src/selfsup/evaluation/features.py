@@ -22,8 +22,13 @@ def extract_features(backbone: nn.Module, split: ImageSplit, mean, std, device: 
     view = eval_view(split.image_size[0], mean, std)
     feats, labels = [], []
     seen = 0
+    channels_last = getattr(backbone, "prefers_channels_last", False)
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
     for x, _, y in split.batches(batch_size, shuffle=False):
         x = view(x.to(device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if stage is None:
             f = backbone(x)
         else:
