@@ -40,6 +40,7 @@ class AugmentConfig:
     """View pipeline. ``preset`` None takes the method's default; any field left None takes the preset's value."""
 
     preset: str | None = None
+    size: int | None = None  # view resolution; None: the image size (smaller views train faster, eval stays full size)
     crop_scale_min: float | None = None
     crop_scale_max: float | None = None
     jitter_strength: float | None = None  # s in SimCLR: (0.8s, 0.8s, 0.8s, 0.2s)

@@ -54,4 +54,6 @@ def no_aug(cfg: AugmentConfig, image_size: int, mean: Sequence[float], std: Sequ
 def build_pipeline(cfg: AugmentConfig, default_preset: str, image_size: int, mean: Sequence[float],
                    std: Sequence[float]) -> MultiViewPipeline:
     """The pipeline named by ``cfg.preset`` (or the method's default) with the config's overrides applied."""
-    return AUGMENT_PRESETS.get(cfg.preset or default_preset)(cfg, image_size, mean, std)
+    if cfg.size is not None and cfg.size < 1:
+        raise ValueError(f"augment.size must be >= 1, got {cfg.size}")
+    return AUGMENT_PRESETS.get(cfg.preset or default_preset)(cfg, cfg.size or image_size, mean, std)
