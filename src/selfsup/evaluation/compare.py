@@ -119,7 +119,7 @@ def to_markdown(rows: list[RunRow]) -> str:
 def to_csv(rows: list[RunRow]) -> str:
     cols = columns(rows)
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     names = [_label(*c).replace(" ", "_") for c in cols]
     w.writerow(list(BASE_FIELDS) + [f"{n}_{s}" for n in names for s in ("top1", "std", "seeds", "baseline")]
                + ["notes"])

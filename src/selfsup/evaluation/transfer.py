@@ -109,7 +109,7 @@ def load_eval_data(spec: str, image_size: int | None, channels: int, *, test_pat
 
 
 @EVALUATORS.register("transfer", help="linear (cached) and kNN on another labelled dataset (--set transfer.data=PATH)",
-                     options={"data": "", "k": 20})
+                     options={"data": "", "k": 20, "l2_grid": (1e-5, 1e-4, 1e-3, 1e-2)})
 def transfer_protocol(ctx: EvalContext) -> dict[str, Any]:
     spec = ctx.opt("data")
     if not spec:
@@ -122,7 +122,8 @@ def transfer_protocol(ctx: EvalContext) -> dict[str, Any]:
     sub = EvalContext(ctx.backbone, data, ctx.device, seed=ctx.seed, _cache=ctx._cache.setdefault(("tctx", spec), {}))
     ftr, ytr, fte, yte = sub.features()
     k = ctx.opt("k")
-    lin = linear_probe(ftr, ytr, fte, yte, seed=ctx.seed, num_classes=sub.num_classes)
+    grid = tuple(float(v) for v in ctx.opt("l2_grid"))
+    lin = linear_probe(ftr, ytr, fte, yte, l2_grid=grid, seed=ctx.seed, num_classes=sub.num_classes)
     return {"top1": lin["top1"],
             "top1_knn": knn_accuracy(ftr, ytr, fte, yte, k=k, num_classes=sub.num_classes),
             "labelled_images": int(ytr.numel()),
