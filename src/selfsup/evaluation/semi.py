@@ -60,7 +60,7 @@ def save_subset(run_dir: Path | None, fraction: float, seed: int, idx: torch.Ten
 @EVALUATORS.register("semi", help="stratified label fractions (default 1% and 10%), linear or finetune on the subset",
                      options={"mode": "linear", "epochs": 30, "lr_head": 0.1, "lr_backbone": 0.01,
                               "layer_decay": 1.0, "batch_size": 256, "weight_decay": 5e-4, "crop_scale_min": 0.08,
-                              "augment": True})
+                              "augment": True, "l2_grid": (1e-5, 1e-4, 1e-3, 1e-2)})
 def semi_protocol(ctx: EvalContext) -> dict[str, Any]:
     fractions = tuple(ctx.fractions or DEFAULT_FRACTIONS)
     mode = ctx.opt("mode")
@@ -78,7 +78,8 @@ def semi_protocol(ctx: EvalContext) -> dict[str, Any]:
         counts[key] = int(idx.numel())
         if mode == "linear":
             ftr, ytr_f, fte, yte = ctx.features()
-            r = linear_probe(ftr[idx], ytr_f[idx], fte, yte, seed=ctx.seed, num_classes=ctx.num_classes)
+            r = linear_probe(ftr[idx], ytr_f[idx], fte, yte, l2_grid=tuple(float(v) for v in ctx.opt("l2_grid")),
+                             seed=ctx.seed, num_classes=ctx.num_classes)
             out[key] = r["top1"]
             params.setdefault("l2", {})[key] = r["l2"]
         else:
