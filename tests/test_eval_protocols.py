@@ -187,6 +187,9 @@ def test_layers_plot_and_transfer_with_channel_conversion(tiny_run):
     assert (tiny_run / "run" / "layers.png").stat().st_size > 1000 and r["layers"]["plot"] == "layers.png"
     assert r["transfer"]["params"]["channel_conversion"].startswith("grayscale → RGB")
     assert r["transfer"]["params"]["image_size"] == [16, 16]
+    again = evaluate_run(tiny_run / "run", ["knn"], device="cpu", quiet=True)  # same checkpoint: results merge
+    assert {"layers", "transfer", "knn"} <= set(again) and {"layers", "knn"} <= set(again["baseline"])
+    assert set(again["protocol"]["kept_from_previous_eval"]) >= {"layers", "transfer"}
 
 
 def test_eval_data_with_other_channels_is_converted_and_recorded(tiny_run):

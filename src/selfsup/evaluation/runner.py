@@ -155,6 +155,9 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
         "baseline": "same architecture, random init (train.seed), same protocols" if baseline else "skipped",
         "seconds": times, "wall_s": round(time.perf_counter() - t0, 1),
     }
+    kept = _merge_previous(run_dir / "eval.json", result, ckpt_path.name)
+    if kept:
+        result["protocol"]["kept_from_previous_eval"] = kept
     for p in protocols:
         fin = EVALUATORS.entry(p).meta.get("finalize")
         if fin is not None and p in result:
@@ -163,6 +166,25 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     if not quiet:
         print(format_table(result, protocols), file=sys.stdout)
     return result
+
+
+def _merge_previous(path: Path, result: dict[str, Any], checkpoint: str) -> list[str]:
+    """Keep protocols of an earlier ``eval.json`` of the same checkpoint that this call did not re-run (so
+    slow protocols can be run in separate calls); returns their names."""
+    import json
+
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(prev, dict) or prev.get("protocol", {}).get("checkpoint") != checkpoint:
+        return []
+    kept = [p for p, r in prev.items() if p not in ("protocol", "baseline") and p not in result and isinstance(r, dict)]
+    for p in kept:
+        result[p] = prev[p]
+        if p in prev.get("baseline", {}) and "baseline" in result:
+            result["baseline"].setdefault(p, prev["baseline"][p])
+    return kept
 
 
 def _pct(m: dict[str, Any] | None) -> str:
