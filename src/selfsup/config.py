@@ -84,6 +84,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # in steps; a checkpoint is always written at the end
     knn_every: int = 0  # online kNN monitor every K epochs (0: off); needs labels
     nan_policy: str = "stop"  # stop | skip
+    stop_on_collapse: bool = False  # end the run when a collapse monitor crosses its threshold (engine/monitors.py)
 
 
 @dataclass

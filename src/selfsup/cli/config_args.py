@@ -21,6 +21,7 @@ FLAG_KEYS = {
     "seed": ("train", "seed"), "device": ("train", "device"), "checkpoint_every": ("train", "checkpoint_every"),
     "lr": ("optim", "lr"), "optimizer": ("optim", "name"), "compile": ("train", "compile"),
     "time_limit_min": ("train", "time_limit_min"), "knn_every": ("train", "knn_every"),
+    "stop_on_collapse": ("train", "stop_on_collapse"),
 }
 
 
@@ -55,6 +56,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the method")
     p.add_argument("--knn-every", type=int, help="online kNN monitor every K epochs")
+    p.add_argument("--stop-on-collapse", action="store_true", default=None,
+                   help="end the run (keeping its checkpoint) when a collapse monitor crosses its threshold")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set method.temperature=0.2 --set optim.weight_decay=1e-5")

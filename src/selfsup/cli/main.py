@@ -34,10 +34,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..evaluation.protocols import parse_option_args
     from ..evaluation.runner import evaluate_run
 
     evaluate_run(args.run, args.protocol or ["knn", "linear"], eval_data=args.eval_data, device=args.device,
-                 baseline=not args.no_baseline)
+                 baseline=not args.no_baseline, seeds=args.seeds, epochs=args.epochs, fractions=args.fractions,
+                 options=parse_option_args(args.set))
     return 0
 
 
@@ -95,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-data", help="evaluate on other labelled data (transfer)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
+    ev.add_argument("--seeds", type=int, default=1, help="repeats per protocol, reported as mean ± std")
+    ev.add_argument("--epochs", type=int, help="epochs of trained protocols (linear-aug, mlp, finetune, ...)")
+    ev.add_argument("--fractions", type=lambda v: [float(f) for f in v.split(",")], metavar="F,F",
+                    help="label fractions of the semi protocol (default 0.01,0.1)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="protocol option, e.g. --set k=10 or --set finetune.lr_backbone=0.01")
     ev.set_defaults(fn=cmd_eval)
 
     de = sub.add_parser("demo", help="pretrain SimCLR on the embedded MNIST-5k and evaluate it against random init")
@@ -103,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--overwrite", action="store_true")
     de.add_argument("--quiet", action="store_true")
     de.set_defaults(fn=cmd_demo)
+
+    from .compare import add_compare_parser
+    add_compare_parser(sub)
 
     ls = sub.add_parser("list", help="list methods, backbones, datasets, protocols and presets")
     ls.add_argument("--json", action="store_true")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ..data import ImageDataset, load_dataset
 from ..methods.base import Method, ViewBatch, build_method
 from .checkpoint import save_checkpoint
 from .logging import MetricsLogger
+from .monitors import CollapseMonitor, CollapseWarning
 from .optim import build_optimizer
 from .rundir import (checkpoint_path, latest_checkpoint, prepare_run_dir, prune_checkpoints, truncate_metrics,
                      write_config, write_json)
@@ -42,7 +44,7 @@ class TrainResult:
     images_per_s: float
     wall_s: float
     final_loss: float
-    stopped: str  # "done" | "max_steps" | "time_limit" | "interrupted"
+    stopped: str  # "done" | "max_steps" | "time_limit" | "interrupted" | "collapsed"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -173,6 +175,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
     calibrated = t.time_limit_min is None
     t_calib = t_start
     max_steps = t.max_steps if t.max_steps is not None else total_steps
+    monitor, collapse = CollapseMonitor(), None  # collapse monitors, measured at log steps only
     try:
         while step < min(total_steps, max_steps) and stopped == "done":
             epoch = step // spe
@@ -217,10 +220,17 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
                     rec = {"step": step, "epoch": round(step / spe, 4), "loss": last_loss, "lr": lrs[step - 1],
                            "images_per_s": imgs_window / max(now - t_window, 1e-9), "time_s": now - t_start}
                     rec.update({k: float(v) for k, v in out.logs.items()})
+                    rec.update(monitor.measure(out.embedding, getattr(out, "probs", None)))
+                    for alert in monitor.check(rec):
+                        warnings.warn(f"step {step}: possible collapse: {alert}", CollapseWarning, stacklevel=2)
+                        collapse = collapse or alert
                     logger.log(rec)
                     logger.progress(rec)
                     loss_sum.zero_()
                     loss_count, t_window, imgs_window = 0, now, 0
+                    if t.stop_on_collapse and monitor.active:
+                        stopped = "collapsed"
+                        break
                 if step - start_step == 5:
                     t_calib = time.perf_counter()  # after compilation and first-step allocations
                 if not calibrated and step - start_step >= 25:
@@ -254,6 +264,9 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
         logger.close()
     if int(first_bad) < 0:
         save(step)
+    if stopped == "collapsed" and not quiet:
+        print(f"stopped at step {step} (--stop-on-collapse): {collapse}; the last checkpoint is kept in "
+              f"{run_dir / 'checkpoints'}", file=sys.stderr)
     wall = time.perf_counter() - t_start
     result = TrainResult(run_dir, step, step / spe, (step - start_step) * t.batch_size / max(wall, 1e-9), wall,
                          last_loss, stopped)
@@ -262,6 +275,6 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
         "data": cfg.data.path, "steps": step, "total_steps": total_steps, "epochs": round(step / spe, 3),
         "images_per_s": round(result.images_per_s, 1), "wall_s": round(wall, 1), "final_loss": last_loss,
         "stopped": stopped, "device": str(device),
-        "lr": lr, "weight_decay": wd, "optimizer": opt_name,
+        "lr": lr, "weight_decay": wd, "optimizer": opt_name, **({"collapse": collapse} if collapse else {}),
     })
     return result

@@ -1,7 +1,17 @@
 """Evaluate a run: rebuild its model from the saved config, load the checkpoint, run protocols on it and on
-the random-init baseline, print both side by side and write ``eval.json``."""
+the random-init baseline over ``seeds`` repeats, print both side by side and write ``eval.json``.
+
+``eval.json`` holds, per protocol (and the same under ``"baseline"``)::
+
+    {"protocol": "knn", "top1": mean, "top1_std": std, "metrics": {name: {"mean", "std", "values"}},
+     "params": {...}, "labelled_images": N, "seeds": [...], "repeats": R, "seconds": s, "summary": [...]}
+
+and under ``"protocol"`` what was evaluated (checkpoint, data, channel conversion, seeds, time per protocol).
+"""
 from __future__ import annotations
 
+import copy
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -14,71 +24,190 @@ from ..data import DataError, load_dataset
 from ..engine.rundir import latest_checkpoint, write_json
 from ..engine.trainer import build_run, resolve_device
 from ..registry import EVALUATORS
-from .protocols import EvalContext
+from .protocols import EvalContext, check_options
+from .transfer import load_eval_data
+
+DEFAULT_PROTOCOLS = ("knn", "linear")
 
 
-def _run_protocols(backbone, data, device, protocols, seed, options) -> tuple[dict[str, Any], dict[str, float]]:
-    ctx = EvalContext(backbone, data, device, seed=seed, options=options)
-    results, times = {}, {}
+def aggregate(name: str, runs: list[dict[str, Any]], seeds: list[int], seconds: float) -> dict[str, Any]:
+    """Mean ± std (sample std, 0 for one repeat) of every float metric over the per-seed results."""
+    first = runs[0]
+    metrics = {}
+    for k, v in first.items():
+        if isinstance(v, float) and not isinstance(v, bool):
+            vals = [float(r[k]) for r in runs]
+            metrics[k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                          "values": vals}
+    out: dict[str, Any] = {"protocol": name}
+    if "top1" in metrics:
+        out["top1"], out["top1_std"] = metrics["top1"]["mean"], metrics["top1"]["std"]
+    out.update(metrics=metrics, params=first.get("params", {}), labelled_images=first.get("labelled_images"),
+               seeds=seeds, repeats=len(runs), seconds=round(seconds, 2), summary=first.get("summary", ["top1"]))
+    for k, v in first.items():  # other JSON values (subset files, ...)
+        if k not in out and k not in metrics and k not in ("params", "labelled_images", "summary"):
+            out[k] = v if len(runs) == 1 else [r.get(k) for r in runs]
+    if len(runs) > 1 and any(r.get("params") != first.get("params") for r in runs[1:]):
+        out["params_per_seed"] = [r.get("params", {}) for r in runs]  # e.g. a different L2 chosen per seed
+    return out
+
+
+def run_protocols(ctx: EvalContext, protocols: list[str] | tuple[str, ...], seeds: list[int]) -> dict[str, Any]:
+    """Run every protocol on ``ctx`` (repeated over ``seeds`` unless it is deterministic); aggregated results."""
+    results = {}
     for name in protocols:
+        entry = EVALUATORS.entry(name)
+        if ctx.role == "baseline" and entry.meta.get("skip_baseline"):
+            continue
+        reps = seeds[:1] if entry.meta.get("deterministic") else seeds
         t0 = time.perf_counter()
-        results[name] = EVALUATORS.get(name)(ctx)
-        times[name] = round(time.perf_counter() - t0, 2)
-    return results, times
+        runs = []
+        for s in reps:
+            ctx.seed, ctx.protocol = s, name
+            runs.append(entry.obj(ctx))
+        results[name] = aggregate(name, runs, reps, time.perf_counter() - t0)
+        if entry.meta.get("deterministic") and len(seeds) > 1:
+            results[name]["note"] = "deterministic: repeats would be identical, run once"
+    return results
 
 
-def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = ("knn", "linear"), *,
+def _checkpoint_channels(state: dict[str, torch.Tensor]) -> int | None:
+    """Input channels of the pretrained backbone: the first 4-D backbone weight (stem conv / patch embedding)."""
+    for k, v in state.items():
+        if k.startswith("backbone.") and getattr(v, "ndim", 0) == 4:
+            return int(v.shape[1])
+    return None
+
+
+def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = DEFAULT_PROTOCOLS, *,
                  eval_data: str | None = None, device: str = "auto", baseline: bool = True,
-                 options: dict[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Evaluate the newest checkpoint of ``run_dir``; returns and writes the ``eval.json`` mapping."""
+                 options: dict[str, Any] | None = None, seeds: int = 1, epochs: int | None = None,
+                 fractions: list[float] | tuple[float, ...] | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Evaluate the newest checkpoint of ``run_dir``; returns and writes the ``eval.json`` mapping.
+
+    ``seeds``: repeats per protocol (seeds run_seed … run_seed+N-1); ``epochs``: budget of trained protocols;
+    ``fractions``: label fractions of ``semi``; ``options``: ``{"key" or "protocol.key": value}``.
+    """
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1 (the number of repeats per protocol), got {seeds}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    if fractions is not None:
+        for f in fractions:
+            if not 0 < f <= 1:
+                raise ConfigError(f"--fractions values must be in (0, 1], got {f}")
+    protocols = list(dict.fromkeys(protocols))
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"run directory not found: {run_dir}")
     for p in protocols:
         EVALUATORS.get(p)  # unknown protocol → error listing the known ones, before any work
+    opts = dict(options or {})
+    check_options(protocols, opts)
     ckpt_path, ckpt = latest_checkpoint(run_dir)
     cfg = build_run_config(ckpt["config"])
     dev = resolve_device(device)
-    data = load_dataset(eval_data or cfg.data.path, cfg.data.image_size, test_path=cfg.data.test_path)
-    if not data.has_labels:
-        raise DataError(f"{eval_data or cfg.data.path}: evaluation needs labelled train and test splits")
     t0 = time.perf_counter()
-    built = build_run(cfg, data, dev)  # random init with the run's seed: this is the baseline's init too
-    if data.channels != built.method.backbone.in_channels:
+    data_info: dict[str, Any] = {"data": cfg.data.path, "channel_conversion": "none"}
+    if eval_data is None:
+        data = load_dataset(cfg.data.path, cfg.data.image_size, test_path=cfg.data.test_path)
+        if not data.has_labels:
+            raise DataError(f"{cfg.data.path}: evaluation needs labelled train and test splits "
+                            "(pass --eval-data with labelled data)")
+        built = build_run(cfg, data, dev)
+    else:
+        try:  # the pretraining data fixes the model's input size, channels and any per-image buffers
+            run_data = load_dataset(cfg.data.path, cfg.data.image_size, test_path=cfg.data.test_path)
+        except DataError:
+            run_data = None
+        channels = run_data.channels if run_data else _checkpoint_channels(ckpt["method"])
+        size = run_data.image_size[0] if run_data else cfg.data.image_size
+        if channels is None:
+            raise DataError(f"{run_dir}: cannot tell the backbone's input channels (pretraining data "
+                            f"{cfg.data.path} not found)")
+        data, data_info = load_eval_data(eval_data, size, channels)
+        built = build_run(cfg, run_data or data, dev)
+    if data.channels != built.method.backbone.in_channels:  # cannot happen after conversion; guard anyway
         raise DataError(f"eval data has {data.channels} channels but the backbone expects "
                         f"{built.method.backbone.in_channels}")
-    opts = dict(options or {})
-    out: dict[str, Any] = {}
+    seed_list = [cfg.train.seed + i for i in range(seeds)]
+    common = dict(seed=cfg.train.seed, options=opts, run_dir=run_dir, epochs=epochs,
+                  fractions=tuple(fractions) if fractions else None, pretrain_epochs=cfg.train.epochs)
+    init_backbone = copy.deepcopy(built.method.eval_backbone())
+    result: dict[str, Any] = {}
     times: dict[str, Any] = {}
     if baseline:
-        out["baseline"], times["baseline"] = _run_protocols(built.method.eval_backbone(), data, dev, protocols,
-                                                            cfg.train.seed, opts)
+        bctx = EvalContext(built.method.eval_backbone(), data, dev, role="baseline", **common)
+        result["baseline"] = run_protocols(bctx, protocols, seed_list)
+        times["baseline"] = {p: r["seconds"] for p, r in result["baseline"].items()}
     built.method.load_state_dict(ckpt["method"])
-    trained, times["trained"] = _run_protocols(built.method.eval_backbone(), data, dev, protocols,
-                                               cfg.train.seed, opts)
-    result = {**trained, **({"baseline": out["baseline"]} if baseline else {})}
+    tctx = EvalContext(built.method.eval_backbone(), data, dev, role="trained", init_backbone=init_backbone, **common)
+    trained = run_protocols(tctx, protocols, seed_list)
+    times["trained"] = {p: r["seconds"] for p, r in trained.items()}
+    result = {**trained, **result}
     result["protocol"] = {
         "checkpoint": ckpt_path.name, "step": int(ckpt["step"]), "method": cfg.method["name"],
-        "backbone": cfg.backbone.name, "eval_data": eval_data or cfg.data.path,
+        "backbone": cfg.backbone.name, "width": cfg.backbone.width, "pretrain_data": cfg.data.path,
+        "eval_data": eval_data or cfg.data.path, **{k: v for k, v in data_info.items() if k != "data"},
+        "transfer": eval_data is not None and eval_data != cfg.data.path,
         "train_images": data.train.num_images, "test_images": data.test.num_images,
-        "labelled_images": data.train.num_images, "features": "frozen backbone, pooled, no augmentation",
-        "seed": cfg.train.seed, "seconds": times, "wall_s": round(time.perf_counter() - t0, 1),
-        "protocols": {p: trained[p].get("params", {}) for p in protocols},
+        "seeds": seed_list, "epochs": epochs, "protocols": protocols,
+        "baseline": "same architecture, random init (train.seed), same protocols" if baseline else "skipped",
+        "seconds": times, "wall_s": round(time.perf_counter() - t0, 1),
     }
+    kept = _merge_previous(run_dir / "eval.json", result, ckpt_path.name)
+    if kept:
+        result["protocol"]["kept_from_previous_eval"] = kept
+    for p in protocols:
+        fin = EVALUATORS.entry(p).meta.get("finalize")
+        if fin is not None and p in result:
+            fin(result, run_dir)
     write_json(run_dir / "eval.json", result)
     if not quiet:
         print(format_table(result, protocols), file=sys.stdout)
     return result
 
 
+def _merge_previous(path: Path, result: dict[str, Any], checkpoint: str) -> list[str]:
+    """Keep protocols of an earlier ``eval.json`` of the same checkpoint that this call did not re-run (so
+    slow protocols can be run in separate calls); returns their names."""
+    import json
+
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(prev, dict) or prev.get("protocol", {}).get("checkpoint") != checkpoint:
+        return []
+    kept = [p for p, r in prev.items() if p not in ("protocol", "baseline") and p not in result and isinstance(r, dict)]
+    for p in kept:
+        result[p] = prev[p]
+        if p in prev.get("baseline", {}) and "baseline" in result:
+            result["baseline"].setdefault(p, prev["baseline"][p])
+    return kept
+
+
+def _pct(m: dict[str, Any] | None) -> str:
+    if m is None:
+        return "-"
+    return f"{100 * m['mean']:.1f}" + (f" ± {100 * m['std']:.1f}" if m.get("std") else "")
+
+
 def format_table(result: dict[str, Any], protocols) -> str:
-    rows = [f"{'protocol':<12}{'metric':<10}{'trained':>10}{'random-init':>13}{'gain':>9}"]
+    """Plain-text table: protocol, metric, trained, random init, gain, labelled images, seconds."""
+    head = f"{'protocol':<11}{'metric':<17}{'trained %':>14}{'random-init %':>15}{'gain':>7}{'labels':>9}{'s':>7}"
+    rows = [head]
     for p in protocols:
-        for metric, v in result[p].items():
-            if not isinstance(v, float):
-                continue
-            base = result.get("baseline", {}).get(p, {}).get(metric)
-            b = f"{100 * base:12.1f}%" if base is not None else f"{'-':>13}"
-            gain = f"{100 * (v - base):+8.1f}" if base is not None else ""
-            rows.append(f"{p:<12}{metric:<10}{100 * v:9.1f}%{b}{gain}")
+        r = result.get(p)
+        if r is None:
+            continue
+        base = (result.get("baseline") or {}).get(p)
+        for metric, m in r["metrics"].items():
+            b = (base or {}).get("metrics", {}).get(metric)
+            gain = f"{100 * (m['mean'] - b['mean']):+.1f}" if b else ""
+            labels = r.get("labelled_images")
+            if isinstance(labels, dict):
+                labels = labels.get(metric, "")
+            rows.append(f"{p:<11}{metric:<17}{_pct(m):>14}{_pct(b):>15}{gain:>7}{labels if labels is not None else '':>9}"
+                        f"{r['seconds']:>7.1f}")
     return "\n".join(rows)

@@ -35,11 +35,13 @@ class ViewBatch:
 @dataclass
 class MethodOutput:
     """``loss``: scalar to minimise; ``logs``: scalars to record (tensors, no host sync needed);
-    ``embedding``: (B, D) representation used by collapse monitors (optional)."""
+    ``embedding``: (B, D) representation used by collapse monitors (optional);
+    ``probs``: (B, K) softmax outputs of softmax-output methods (DINO, SwAV) for the entropy monitors (optional)."""
 
     loss: torch.Tensor
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
     embedding: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
 
 
 @dataclass
