@@ -6,7 +6,8 @@ unlabelled images. One code per ``p×p`` patch: the encoder downsamples by exact
 
 Design choices against codebook collapse (the usual VQ-VAE failure on small data): codes and encoder outputs are
 l2-normalised and matched by cosine similarity (as in ViT-VQGAN / BEiT v2), and codes unused for ``dead_after``
-training steps are restarted from random encoder outputs of the current batch. Usage is reported as the
+training steps are restarted from random encoder outputs of the current batch (and all codes start on
+encoder outputs of the first training batch). Usage is reported as the
 perplexity of the batch's code histogram (``exp`` of its entropy; K means all K codes equally used) and the
 number of dead codes.
 
@@ -51,6 +52,7 @@ class VQTokenizer(Backbone):
         self.register_buffer("patch_size_t", torch.tensor(p))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_used", torch.zeros(codebook_size, dtype=torch.long))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @property
     def patch_size(self) -> int:
@@ -90,11 +92,19 @@ class VQTokenizer(Backbone):
     def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) reconstructed from ids (B, gh, gw)."""
         q = F.normalize(self.codebook, dim=1)[ids]
-        return self.decoder(q.permute(0, 3, 1, 2))
+        return self._decode(q)
+
+    def _decode(self, q: torch.Tensor) -> torch.Tensor:
+        """Unit code vectors (B, gh, gw, d) → images; scaled by √d so each channel has unit scale."""
+        return self.decoder(q.permute(0, 3, 1, 2) * q.shape[-1] ** 0.5)
 
     @torch.no_grad()
     def _restart_dead(self, z: torch.Tensor) -> None:
-        dead = (self.step - self.last_used) > self.dead_after
+        if not bool(self.initialized):  # data-dependent init: codes start on the first batch's encoder outputs
+            self.initialized.fill_(True)
+            dead = torch.ones_like(self.last_used, dtype=torch.bool)
+        else:
+            dead = (self.step - self.last_used) > self.dead_after
         n = int(dead.sum())
         if n == 0:
             return
@@ -114,7 +124,7 @@ class VQTokenizer(Backbone):
         codebook_loss = F.mse_loss(q, z.detach())  # move codes towards encoder outputs
         commit_loss = F.mse_loss(z, q.detach())  # keep encoder outputs near their codes
         z_st = z + (q - z).detach()  # straight-through estimator
-        recon = self.decoder(z_st.permute(0, 3, 1, 2))
+        recon = self._decode(z_st)
         counts = torch.bincount(ids.flatten(), minlength=self.codebook_size).float()
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
