@@ -12,8 +12,10 @@ Masks are boolean ``(B, N)`` with ``True`` = masked (hidden from the encoder, pr
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..config import ConfigError
@@ -101,12 +103,10 @@ def block_masking(batch: int, grid: tuple[int, int], mask_ratio: float, *, min_p
     n = gh * gw
     target = min(n - 1, max(1, int(round(n * mask_ratio))))
     lo, hi = math.log(aspect[0]), math.log(aspect[1])
-    masks = torch.zeros(batch, gh, gw, dtype=torch.bool)
-    g = generator if generator is not None else torch.default_generator
-
-    def rand() -> float:
-        return float(torch.rand((), generator=g))
-
+    # A Python RNG seeded from torch's: deterministic under torch.manual_seed, and ~100x cheaper per draw than
+    # scalar torch calls in this per-sample loop (it runs on the CPU while the accelerator trains).
+    rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    masks = np.zeros((batch, gh, gw), dtype=bool)
     for b in range(batch):
         m = masks[b]
         count = 0
@@ -114,25 +114,24 @@ def block_masking(batch: int, grid: tuple[int, int], mask_ratio: float, *, min_p
             added = 0
             for _ in range(max_tries):
                 remaining = target - count
-                area = min_patches + rand() * (max(remaining, min_patches) - min_patches)
-                ratio = math.exp(lo + rand() * (hi - lo))
+                area = rng.uniform(min_patches, max(remaining, min_patches))
+                ratio = math.exp(rng.uniform(lo, hi))
                 h = int(round(math.sqrt(area * ratio)))
                 w = int(round(math.sqrt(area / ratio)))
                 if not (1 <= h <= gh and 1 <= w <= gw):
                     continue
-                top = int(rand() * (gh - h + 1))
-                left = int(rand() * (gw - w + 1))
+                top = rng.randint(0, gh - h)
+                left = rng.randint(0, gw - w)
                 block = m[top : top + h, left : left + w]
                 new = int((~block).sum())
                 if 0 < new <= remaining:
-                    block.fill_(True)
+                    block[...] = True
                     added = new
                     break
             if added == 0:
                 break
             count += added
         if count < target:  # top up at random so every sample masks exactly `target` patches
-            free = (~m.flatten()).nonzero().squeeze(1)
-            pick = free[torch.randperm(len(free), generator=g)[: target - count]]
-            m.view(-1)[pick] = True
-    return masks.flatten(1).to(device)
+            free = np.flatnonzero(~m)
+            m.reshape(-1)[rng.sample(list(free), target - count)] = True
+    return torch.from_numpy(masks.reshape(batch, -1)).to(device)
