@@ -33,6 +33,7 @@ class BackboneConfig:
     name: str = "resnet18"
     width: float = 1.0
     cifar_stem: bool = False  # 3x3 stride-1 first conv and no max-pool, for images <= 64 px
+    patch_size: int | None = None  # ViTs: None → 4 for images <= 32 px, 8 for <= 64 px, 16 above
 
 
 @dataclass

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list methods, backbones, datasets, protocols and presets")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(fn=cmd_list)
+    from .viz import add_parser as add_viz_parser
+    add_viz_parser(sub)
     return p
 
 

@@ -75,7 +75,8 @@ def build_run(cfg: RunConfig, data: ImageDataset | None = None, device: torch.de
     size = data.image_size[0]
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.backbone.name, in_channels=data.channels, width=cfg.backbone.width,
-                              cifar_stem=cfg.backbone.cifar_stem, image_size=size)
+                              cifar_stem=cfg.backbone.cifar_stem, image_size=size,
+                              patch_size=cfg.backbone.patch_size)
     method = build_method(cfg.method["name"], backbone, method_config(cfg), num_train=data.train.num_images)
     views = method.make_views(size, data.mean, data.std, cfg.augment)
     return Built(cfg, data, method.to(device), views, device)
