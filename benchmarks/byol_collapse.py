@@ -90,18 +90,20 @@ def main(argv: list[str] | None = None) -> int:
             "data": {"path": a.data},
             "backbone": {"name": a.backbone, "width": a.width, "cifar_stem": True},
             "train": {"epochs": 1000, "time_limit_min": a.budget_min, "batch_size": a.batch_size,
-                      "device": a.device, "seed": a.seed, "log_every": 20},
+                      "device": a.device, "seed": a.seed, "log_every": 10},
         })
         run = Path(a.out) / name
         res = pretrain(cfg, run, overwrite=True, data=data, quiet=True)
+        losses = [json.loads(l).get("loss") for l in (run / "metrics.jsonl").read_text().splitlines()]
+        last_loss = next((v for v in reversed(losses) if v is not None), float("nan"))  # last logged window
         built = build_run(cfg, data)
         base = evaluate(built.method, data, built.device, a.eval_images, a.eval_images)
         built.method.load_state_dict(latest_checkpoint(run)[1]["method"])
         trained = evaluate(built.method, data, built.device, a.eval_images, a.eval_images)
         results[name] = {"steps": res.steps, "epochs": round(res.epochs, 2), "images_per_s": round(res.images_per_s),
-                         "final_loss": res.final_loss, **trained,
+                         "last_logged_loss": last_loss, **trained,
                          "random_init_knn_top1": base["knn_top1"], "random_init_std_h_sqrt_d": base["std_h_sqrt_d"]}
-        print(f"{name:>6}: {res.steps} steps ({res.epochs:.2f} epochs), loss {res.final_loss:.4f}, "
+        print(f"{name:>6}: {res.steps} steps ({res.epochs:.2f} epochs), loss {last_loss:.4f}, "
               f"kNN {trained['knn_top1']:.3f} (random init {base['knn_top1']:.3f}), "
               f"std(z)·√d {trained['std_z_sqrt_d']:.3f}, std(h)·√d {trained['std_h_sqrt_d']:.3f}", flush=True)
     Path(a.out).mkdir(parents=True, exist_ok=True)
