@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .base import SharedPart, StepContext
+from ..config import ConfigError
 
 
 class Center(SharedPart):
@@ -20,7 +21,7 @@ class Center(SharedPart):
     def __init__(self, dim: int, momentum: float = 0.9) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"method.center_momentum must be in [0, 1], got {momentum}")
+            raise ConfigError(f"method.center_momentum must be in [0, 1], got {momentum}")
         self.momentum = momentum
         self.register_buffer("center", torch.zeros(1, dim))
         # the batch mean waiting for after_step; not checkpointed (a checkpoint is written after the update)

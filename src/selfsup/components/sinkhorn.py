@@ -9,11 +9,12 @@ what stops all samples from being assigned to one prototype (collapse). A few al
 from __future__ import annotations
 
 import torch
+from ..config import ConfigError
 
 
 def check_epsilon(epsilon: float, name: str = "method.epsilon") -> None:
     if not epsilon > 0:
-        raise ValueError(f"{name} must be > 0, got {epsilon}")
+        raise ConfigError(f"{name} must be > 0, got {epsilon}")
 
 
 @torch.no_grad()
@@ -25,7 +26,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     """
     check_epsilon(epsilon)
     if iterations < 1:
-        raise ValueError(f"method.sinkhorn_iterations must be >= 1, got {iterations}")
+        raise ConfigError(f"method.sinkhorn_iterations must be >= 1, got {iterations}")
     if scores.ndim != 2:
         raise ValueError(f"sinkhorn_knopp expects scores (B, K), got {tuple(scores.shape)}")
     s = scores.detach().float() if scores.dtype != torch.float64 else scores.detach()

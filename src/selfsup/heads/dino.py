@@ -13,6 +13,7 @@ from torch import nn
 
 from .mlp import mlp
 from .prototypes import WeightNormLinear
+from ..config import ConfigError
 
 
 class DINOHead(nn.Module):
@@ -20,9 +21,9 @@ class DINOHead(nn.Module):
                  layers: int = 3, *, use_bn: bool = False, norm_last_layer: bool = True) -> None:
         super().__init__()
         if out_dim < 2:
-            raise ValueError(f"method.out_dim must be >= 2, got {out_dim}")
+            raise ConfigError(f"method.out_dim must be >= 2, got {out_dim}")
         if layers < 1:
-            raise ValueError(f"method.head_layers must be >= 1, got {layers}")
+            raise ConfigError(f"method.head_layers must be >= 1, got {layers}")
         dims = [in_dim] + [hidden_dim] * (layers - 1) + [bottleneck_dim]
         self.mlp = mlp(dims, norm="bn" if use_bn else None, act=nn.GELU)
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, learn_gain=not norm_last_layer)

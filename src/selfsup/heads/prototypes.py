@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..config import ConfigError
 
 
 class WeightNormLinear(nn.Module):
@@ -43,5 +44,5 @@ class Prototypes(WeightNormLinear):
 
     def __init__(self, dim: int, count: int) -> None:
         if count < 2:
-            raise ValueError(f"method.n_prototypes must be >= 2, got {count}")
+            raise ConfigError(f"method.n_prototypes must be >= 2, got {count}")
         super().__init__(dim, count, learn_gain=False)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import torch
 
 from .distillation import cross_view_cross_entropy
+from ..config import ConfigError
 
 
 def swapped_prediction(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """scores: (V, B, K) prototype scores of all views (the code views first); codes: (V_c, B, K) soft codes,
     rows summing to 1. Returns the scalar SwAV loss."""
     if not temperature > 0:
-        raise ValueError(f"method.temperature must be > 0, got {temperature}")
+        raise ConfigError(f"method.temperature must be > 0, got {temperature}")
     return cross_view_cross_entropy(scores, codes, temperature)

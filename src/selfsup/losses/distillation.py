@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from ..config import ConfigError
 
 
 def _check_pair(p: torch.Tensor, z: torch.Tensor, name: str) -> None:
@@ -65,8 +66,8 @@ def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center
     crops; center: (1, K) or (K,). The teacher temperature comes from the caller's schedule. Scalar.
     """
     if not student_temp > 0:
-        raise ValueError(f"method.student_temp must be > 0, got {student_temp}")
+        raise ConfigError(f"method.student_temp must be > 0, got {student_temp}")
     if not teacher_temp > 0:
-        raise ValueError(f"method.teacher_temp must be > 0, got {teacher_temp}")
+        raise ConfigError(f"method.teacher_temp must be > 0, got {teacher_temp}")
     q = F.softmax((teacher_logits.detach().float() - center.reshape(1, 1, -1)) / teacher_temp, dim=-1)
     return cross_view_cross_entropy(student_logits, q, student_temp)

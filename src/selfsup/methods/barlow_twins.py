@@ -16,6 +16,7 @@ from ..heads.mlp import projection_head
 from ..losses.redundancy import barlow_twins_loss
 from .base import Method, MethodOutput, ViewBatch, register_method
 from .byol import check_two_views
+from ..config import ConfigError
 
 
 @dataclass
@@ -28,11 +29,11 @@ class BarlowTwinsConfig:
 
     def validate(self) -> None:
         if not self.lambd >= 0:
-            raise ValueError(f"method.lambd must be >= 0, got {self.lambd}")
+            raise ConfigError(f"method.lambd must be >= 0, got {self.lambd}")
         if not self.scale_loss > 0:
-            raise ValueError(f"method.scale_loss must be > 0, got {self.scale_loss}")
+            raise ConfigError(f"method.scale_loss must be > 0, got {self.scale_loss}")
         if self.proj_layers < 1:
-            raise ValueError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
 
 
 @register_method("barlow-twins", help="Barlow Twins: cross-correlation of two views pushed to identity (Zbontar et al. 2021)")

@@ -21,11 +21,12 @@ from ..components.schedules import Cosine
 from ..heads.mlp import projection_head
 from ..losses.distillation import normalized_mse
 from .base import Method, MethodOutput, ViewBatch, register_method
+from ..config import ConfigError
 
 
 def check_momentum(value: float, name: str) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+        raise ConfigError(f"{name} must be in [0, 1], got {value}")
 
 
 def check_two_views(views: list, method: str) -> None:
@@ -48,7 +49,7 @@ class BYOLConfig:
         check_momentum(self.momentum_final, "method.momentum_final")
         for k in ("proj_hidden_dim", "proj_dim", "pred_hidden_dim"):
             if getattr(self, k) < 1:
-                raise ValueError(f"method.{k} must be >= 1, got {getattr(self, k)}")
+                raise ConfigError(f"method.{k} must be >= 1, got {getattr(self, k)}")
 
 
 @register_method("byol", help="BYOL: predict an EMA target's projection, no negatives (Grill et al. 2020)")

@@ -26,6 +26,7 @@ from ..heads.dino import DINOHead
 from ..losses.distillation import dino_loss
 from .base import Method, MethodOutput, ViewBatch, register_method
 from .byol import check_momentum
+from ..config import ConfigError
 
 
 @dataclass
@@ -47,14 +48,14 @@ class DINOConfig:
 
     def validate(self) -> None:
         if self.out_dim < 2:
-            raise ValueError(f"method.out_dim must be >= 2, got {self.out_dim}")
+            raise ConfigError(f"method.out_dim must be >= 2, got {self.out_dim}")
         for k in ("student_temp", "teacher_temp_start", "teacher_temp"):
             if not getattr(self, k) > 0:
-                raise ValueError(f"method.{k} must be > 0, got {getattr(self, k)}")
+                raise ConfigError(f"method.{k} must be > 0, got {getattr(self, k)}")
         if not 0.0 <= self.teacher_temp_warmup <= 1.0:
-            raise ValueError(f"method.teacher_temp_warmup must be a fraction in [0, 1], got {self.teacher_temp_warmup}")
+            raise ConfigError(f"method.teacher_temp_warmup must be a fraction in [0, 1], got {self.teacher_temp_warmup}")
         if self.freeze_last_layer_epochs < 0:
-            raise ValueError(f"method.freeze_last_layer_epochs must be >= 0, got {self.freeze_last_layer_epochs}")
+            raise ConfigError(f"method.freeze_last_layer_epochs must be >= 0, got {self.freeze_last_layer_epochs}")
         check_momentum(self.center_momentum, "method.center_momentum")
         check_momentum(self.momentum_base, "method.momentum_base")
         check_momentum(self.momentum_final, "method.momentum_final")

@@ -16,6 +16,7 @@ from ..heads.mlp import mlp
 from ..losses.distillation import negative_cosine
 from .base import Method, MethodOutput, ViewBatch, register_method
 from .byol import check_two_views
+from ..config import ConfigError
 
 
 @dataclass
@@ -27,10 +28,10 @@ class SimSiamConfig:
 
     def validate(self) -> None:
         if self.proj_layers < 1:
-            raise ValueError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
         for k in ("proj_hidden_dim", "proj_dim", "pred_hidden_dim"):
             if getattr(self, k) < 1:
-                raise ValueError(f"method.{k} must be >= 1, got {getattr(self, k)}")
+                raise ConfigError(f"method.{k} must be >= 1, got {getattr(self, k)}")
 
 
 @register_method("simsiam", help="SimSiam: predictor + stop-gradient, no momentum encoder (Chen & He 2021)")

@@ -25,6 +25,7 @@ from ..heads.mlp import projection_head
 from ..heads.prototypes import Prototypes
 from ..losses.clustering import swapped_prediction
 from .base import Method, MethodOutput, ViewBatch, register_method
+from ..config import ConfigError
 
 
 @dataclass
@@ -41,15 +42,15 @@ class SwAVConfig:
 
     def validate(self) -> None:
         if self.n_prototypes < 2:
-            raise ValueError(f"method.n_prototypes must be >= 2, got {self.n_prototypes}")
+            raise ConfigError(f"method.n_prototypes must be >= 2, got {self.n_prototypes}")
         if not self.temperature > 0:
-            raise ValueError(f"method.temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"method.temperature must be > 0, got {self.temperature}")
         check_epsilon(self.epsilon, "method.epsilon")
         if self.sinkhorn_iterations < 1:
-            raise ValueError(f"method.sinkhorn_iterations must be >= 1, got {self.sinkhorn_iterations}")
+            raise ConfigError(f"method.sinkhorn_iterations must be >= 1, got {self.sinkhorn_iterations}")
         for k in ("freeze_prototypes_epochs", "queue_size", "queue_start_epoch"):
             if getattr(self, k) < 0:
-                raise ValueError(f"method.{k} must be >= 0, got {getattr(self, k)}")
+                raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
 
 
 @register_method("swav", help="SwAV: swapped prediction of Sinkhorn-Knopp cluster codes, multi-crop (Caron et al. 2020)")

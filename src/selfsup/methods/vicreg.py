@@ -17,6 +17,7 @@ from ..heads.mlp import projection_head
 from ..losses.redundancy import covariance_loss, invariance_loss, variance_loss
 from .base import Method, MethodOutput, ViewBatch, register_method
 from .byol import check_two_views
+from ..config import ConfigError
 
 
 @dataclass
@@ -32,11 +33,11 @@ class VICRegConfig:
     def validate(self) -> None:
         for k in ("sim_weight", "var_weight", "cov_weight"):
             if not getattr(self, k) >= 0:
-                raise ValueError(f"method.{k} must be >= 0, got {getattr(self, k)}")
+                raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
         if not self.gamma > 0:
-            raise ValueError(f"method.gamma must be > 0, got {self.gamma}")
+            raise ConfigError(f"method.gamma must be > 0, got {self.gamma}")
         if self.proj_layers < 1:
-            raise ValueError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
 
 
 @register_method("vicreg", help="VICReg: variance, invariance and covariance terms (Bardes et al. 2022)")
