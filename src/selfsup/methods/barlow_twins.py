@@ -25,7 +25,10 @@ class BarlowTwinsConfig:
     proj_dim: int = 2048
     proj_layers: int = 3
     lambd: float = 5e-3  # off-diagonal weight λ
-    scale_loss: float = 1.0  # multiplies the loss (solo-learn uses 0.1 on CIFAR with LARS-free optimizers)
+    # multiplies the loss. The paper (scale 1) gives biases and norms a 40x smaller lr than the weights; our LARS
+    # excludes them from adaptation but uses one lr, and the loss is in the thousands: 0.1 (solo-learn's CIFAR
+    # value) keeps their raw-gradient steps moderate. Adaptive optimizers (LARS weights, AdamW) ignore the scale.
+    scale_loss: float = 0.1
 
     def validate(self) -> None:
         if not self.lambd >= 0:
