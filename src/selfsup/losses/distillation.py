@@ -1,0 +1,73 @@
+"""Self-distillation losses: a student matches a target it cannot move (stop-gradient on the target).
+
+Argument order everywhere: student/predictions first, teacher/targets second. Targets are detached here, so a
+caller cannot forget the stop-gradient the methods rely on.
+
+- :func:`normalized_mse` — BYOL (Grill et al. 2020, Eq. 2): ``||p/||p|| − z/||z||||² = 2 − 2·cos(p, z)``.
+- :func:`negative_cosine` — SimSiam (Chen & He 2021, Eq. 1): ``−cos(p, stopgrad(z))``.
+- :func:`cross_view_cross_entropy` — the multi-view cross-entropy DINO and SwAV share: every target view against
+  every student view except itself.
+- :func:`dino_loss` — DINO (Caron et al. 2021, Eq. 1 and 3): the teacher's centred, sharpened softmax as target.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from ..config import ConfigError
+
+
+def _check_pair(p: torch.Tensor, z: torch.Tensor, name: str) -> None:
+    if p.shape != z.shape or p.ndim != 2:
+        raise ValueError(f"{name} expects two (N, D) tensors of the same shape, got {tuple(p.shape)} and {tuple(z.shape)}")
+
+
+def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's loss: mean over the batch of ``2 − 2·cos(p_i, z_i)``. p: (N, D) predictions, z: (N, D) targets."""
+    _check_pair(p, z, "normalized_mse")
+    cos = F.cosine_similarity(p.float(), z.detach().float(), dim=-1)
+    return (2 - 2 * cos).mean()
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's loss D(p, z): mean over the batch of ``−cos(p_i, stopgrad(z_i))``; in [−1, 1]."""
+    _check_pair(p, z, "negative_cosine")
+    return -F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
+
+
+def cross_view_cross_entropy(student_logits: torch.Tensor, target_probs: torch.Tensor,
+                             temperature: float) -> torch.Tensor:
+    """Mean over ordered pairs (target view t, student view s ≠ t) and samples of ``−Σ_k q_t[k] log p_s[k]``.
+
+    student_logits: (V_s, B, K), ``p_s = softmax(logits_s / temperature)``; target_probs: (V_t, B, K),
+    probabilities, detached here. Student view ``i < V_t`` is the same image crop as target view ``i`` and is
+    skipped for it (DINO's "all pairs except same view"; SwAV's swapped prediction). Returns a scalar.
+    """
+    if student_logits.ndim != 3 or target_probs.ndim != 3 or student_logits.shape[1:] != target_probs.shape[1:]:
+        raise ValueError("cross_view_cross_entropy expects student (V_s, B, K) and targets (V_t, B, K), got "
+                         f"{tuple(student_logits.shape)} and {tuple(target_probs.shape)}")
+    vs, vt = student_logits.shape[0], target_probs.shape[0]
+    if vt > vs:
+        raise ValueError(f"{vt} target views but only {vs} student views")
+    if vs < 2:
+        raise ValueError("cross_view_cross_entropy needs at least 2 student views")
+    log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (V_s, B, K)
+    q = target_probs.detach().float()
+    # ce[t, s] = mean_b −Σ_k q[t, b, k] log_p[s, b, k]
+    ce = -torch.einsum("tbk,sbk->ts", q, log_p) / q.shape[1]
+    keep = ~torch.eye(vt, vs, dtype=torch.bool, device=ce.device)
+    return ce[keep].mean()
+
+
+def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center: torch.Tensor,
+              student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
+    """DINO: ``H(softmax((g_t − c)/τ_t), softmax(g_s/τ_s))`` averaged over view pairs (teacher ≠ student view).
+
+    student_logits: (V_s, B, K) for all crops (global ones first); teacher_logits: (V_t, B, K) for the global
+    crops; center: (1, K) or (K,). The teacher temperature comes from the caller's schedule. Scalar.
+    """
+    if not student_temp > 0:
+        raise ConfigError(f"method.student_temp must be > 0, got {student_temp}")
+    if not teacher_temp > 0:
+        raise ConfigError(f"method.teacher_temp must be > 0, got {teacher_temp}")
+    q = F.softmax((teacher_logits.detach().float() - center.reshape(1, 1, -1)) / teacher_temp, dim=-1)
+    return cross_view_cross_entropy(student_logits, q, student_temp)

@@ -1,0 +1,61 @@
+"""Barlow Twins (Zbontar et al. 2021, "Barlow Twins: Self-Supervised Learning via Redundancy Reduction").
+
+backbone → 3-layer projector (2048-2048-2048 here; 8192 in the paper) on both views; the cross-correlation of
+the batch-standardised embeddings is pushed to the identity (:func:`barlow_twins_loss`, λ = 5e-3).
+What prevents collapse: the diagonal term keeps every dimension informative (a collapsed dimension has zero
+variance and cannot correlate to 1), the off-diagonal term decorrelates dimensions. No EMA, no predictor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..components.base import StepContext
+from ..heads.mlp import projection_head
+from ..losses.redundancy import barlow_twins_loss
+from .base import Method, MethodOutput, ViewBatch, register_method
+from .byol import check_two_views
+from ..config import ConfigError
+
+
+@dataclass
+class BarlowTwinsConfig:
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 2048
+    proj_layers: int = 3
+    lambd: float = 5e-3  # off-diagonal weight λ
+    # multiplies the loss. The paper (scale 1) gives biases and norms a 40x smaller lr than the weights; our LARS
+    # excludes them from adaptation but uses one lr, and the loss is in the thousands: 0.1 (solo-learn's CIFAR
+    # value) keeps their raw-gradient steps moderate. Adaptive optimizers (LARS weights, AdamW) ignore the scale.
+    scale_loss: float = 0.1
+
+    def validate(self) -> None:
+        if not self.lambd >= 0:
+            raise ConfigError(f"method.lambd must be >= 0, got {self.lambd}")
+        if not self.scale_loss > 0:
+            raise ConfigError(f"method.scale_loss must be > 0, got {self.scale_loss}")
+        if self.proj_layers < 1:
+            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+
+
+@register_method("barlow-twins", help="Barlow Twins: cross-correlation of two views pushed to identity (Zbontar et al. 2021)")
+class BarlowTwins(Method):
+    Config = BarlowTwinsConfig
+    default_augment = "byol"
+    default_optimizer = "lars"
+    base_lr = 0.3
+    default_weight_decay = 1e-4
+    test_overrides = {"proj_hidden_dim": 64, "proj_dim": 64}
+
+    def __init__(self, backbone, cfg: BarlowTwinsConfig | None = None, **kw) -> None:
+        super().__init__(backbone, cfg, **kw)
+        c = self.cfg
+        self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers)
+
+    def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
+        check_two_views(batch.views, "barlow-twins")
+        h = self.backbone(torch.cat(batch.views))
+        z1, z2 = self.projector(h).chunk(2)
+        loss = self.cfg.scale_loss * barlow_twins_loss(z1, z2, self.cfg.lambd)
+        return MethodOutput(loss=loss, embedding=h[: z1.shape[0]].detach())

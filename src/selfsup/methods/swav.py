@@ -1,0 +1,107 @@
+"""SwAV (Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments").
+
+backbone → projector → L2-normalise → prototype scores (B, K) for every crop. For each global crop the
+Sinkhorn-Knopp codes (ε = 0.05, 3 iterations) of its scores are the target that every *other* crop predicts
+from its own scores (swapped prediction, temperature 0.1). Multi-crop: 2 global + N local crops.
+
+What prevents collapse: the equipartition constraint of Sinkhorn-Knopp (each prototype gets B/K of the batch).
+With small batches (B < K) equipartition over one batch is too coarse; ``queue_size > 0`` keeps the embeddings
+of earlier batches (one :class:`FeatureQueue` per global crop) and computes the codes over queue + batch.
+The prototypes are frozen for the first ``freeze_prototypes_epochs`` epoch(s), as in the paper.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment.multicrop import count_global_views, group_by_size
+from ..components.base import StepContext
+from ..components.queue import FeatureQueue
+from ..components.sinkhorn import check_epsilon, sinkhorn_knopp
+from ..heads.mlp import projection_head
+from ..heads.prototypes import Prototypes
+from ..losses.clustering import swapped_prediction
+from .base import Method, MethodOutput, ViewBatch, register_method
+from ..config import ConfigError
+
+
+@dataclass
+class SwAVConfig:
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 128
+    n_prototypes: int = 3000
+    temperature: float = 0.1
+    epsilon: float = 0.05  # Sinkhorn-Knopp entropy weight
+    sinkhorn_iterations: int = 3
+    freeze_prototypes_epochs: int = 1
+    queue_size: int = 0  # per global crop; 0 = no queue (use one when batch size < n_prototypes)
+    queue_start_epoch: int = 1  # the queue fills from the start but is used for codes from this epoch on
+
+    def validate(self) -> None:
+        if self.n_prototypes < 2:
+            raise ConfigError(f"method.n_prototypes must be >= 2, got {self.n_prototypes}")
+        if not self.temperature > 0:
+            raise ConfigError(f"method.temperature must be > 0, got {self.temperature}")
+        check_epsilon(self.epsilon, "method.epsilon")
+        if self.sinkhorn_iterations < 1:
+            raise ConfigError(f"method.sinkhorn_iterations must be >= 1, got {self.sinkhorn_iterations}")
+        for k in ("freeze_prototypes_epochs", "queue_size", "queue_start_epoch"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
+
+
+@register_method("swav", help="SwAV: swapped prediction of Sinkhorn-Knopp cluster codes, multi-crop (Caron et al. 2020)")
+class SwAV(Method):
+    Config = SwAVConfig
+    default_augment = "multicrop"
+    default_optimizer = "lars"
+    base_lr = 0.6
+    default_weight_decay = 1e-6
+    supports_multicrop = True
+    test_overrides = {"proj_hidden_dim": 64, "proj_dim": 32, "n_prototypes": 16, "freeze_prototypes_epochs": 0}
+
+    N_CODE_VIEWS = 2  # codes are computed for the first two (global) crops, as in the paper
+
+    def __init__(self, backbone, cfg: SwAVConfig | None = None, **kw) -> None:
+        super().__init__(backbone, cfg, **kw)
+        c = self.cfg
+        self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, 2)
+        self.prototypes = Prototypes(c.proj_dim, c.n_prototypes)
+        self.queues = nn.ModuleList(
+            [FeatureQueue(c.queue_size, c.proj_dim) for _ in range(self.N_CODE_VIEWS)] if c.queue_size else [])
+
+    @torch.no_grad()
+    def _codes(self, scores: torch.Tensor, z: torch.Tensor, i: int, ctx: StepContext) -> torch.Tensor:
+        """Codes (B, K) for code view i: Sinkhorn over [queued embeddings; this batch], then enqueue the batch."""
+        c = self.cfg
+        b = scores.shape[0]
+        if self.queues:
+            q = self.queues[i]
+            if ctx.epoch >= c.queue_start_epoch and int(q.filled) > 0:
+                past = self.prototypes(q.valid().to(z.dtype))
+                scores = torch.cat([scores, past])
+            q.push(z)
+        return sinkhorn_knopp(scores, c.epsilon, c.sinkhorn_iterations)[:b]
+
+    def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
+        ctx = ctx or StepContext()
+        views = batch.views
+        n_code = min(self.N_CODE_VIEWS, count_global_views(views))
+        if len(views) < 2 or n_code < 1:
+            raise ValueError(f"swav expects at least 2 views (global crops first), got {len(views)}")
+        frozen = ctx.epoch < self.cfg.freeze_prototypes_epochs
+        zs, scores, first_h = [], [], None
+        for start, end in group_by_size(views):
+            h = self.backbone(torch.cat(views[start:end]))
+            if first_h is None:
+                first_h = h[: views[0].shape[0]]
+            z = F.normalize(self.projector(h), dim=1)
+            zs += list(z.chunk(end - start))
+            scores += list(self.prototypes(z, frozen=frozen).chunk(end - start))
+        s = torch.stack(scores)  # (V, B, K)
+        codes = torch.stack([self._codes(s[i].detach(), zs[i].detach(), i, ctx) for i in range(n_code)])
+        loss = swapped_prediction(s, codes, self.cfg.temperature)
+        return MethodOutput(loss=loss, embedding=first_h.detach())

@@ -1,0 +1,67 @@
+"""VICReg (Bardes et al. 2022, "VICReg: Variance-Invariance-Covariance Regularization").
+
+backbone → 3-layer expander (2048-2048-2048 here; 8192 in the paper) on both views; loss
+``25·invariance + 25·variance + 1·covariance`` (:mod:`selfsup.losses.redundancy`).
+What prevents collapse: the variance hinge keeps every dimension's std above γ = 1 across the batch (explicitly
+forbidding the constant solution); the covariance term decorrelates dimensions. No EMA, no predictor, no
+batch-norm requirement.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..components.base import StepContext
+from ..heads.mlp import projection_head
+from ..losses.redundancy import covariance_loss, invariance_loss, variance_loss
+from .base import Method, MethodOutput, ViewBatch, register_method
+from .byol import check_two_views
+from ..config import ConfigError
+
+
+@dataclass
+class VICRegConfig:
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 2048
+    proj_layers: int = 3
+    sim_weight: float = 25.0  # λ, invariance
+    var_weight: float = 25.0  # μ, variance
+    cov_weight: float = 1.0  # ν, covariance
+    gamma: float = 1.0  # target std of each dimension
+
+    def validate(self) -> None:
+        for k in ("sim_weight", "var_weight", "cov_weight"):
+            if not getattr(self, k) >= 0:
+                raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
+        if not self.gamma > 0:
+            raise ConfigError(f"method.gamma must be > 0, got {self.gamma}")
+        if self.proj_layers < 1:
+            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+
+
+@register_method("vicreg", help="VICReg: variance, invariance and covariance terms (Bardes et al. 2022)")
+class VICReg(Method):
+    Config = VICRegConfig
+    default_augment = "byol"
+    default_optimizer = "lars"
+    base_lr = 0.3
+    default_weight_decay = 1e-4
+    test_overrides = {"proj_hidden_dim": 64, "proj_dim": 64}
+
+    def __init__(self, backbone, cfg: VICRegConfig | None = None, **kw) -> None:
+        super().__init__(backbone, cfg, **kw)
+        c = self.cfg
+        self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers)
+
+    def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
+        check_two_views(batch.views, "vicreg")
+        c = self.cfg
+        h = self.backbone(torch.cat(batch.views))
+        z1, z2 = self.projector(h).chunk(2)
+        inv = invariance_loss(z1, z2)
+        var = (variance_loss(z1, c.gamma) + variance_loss(z2, c.gamma)) / 2
+        cov = covariance_loss(z1) + covariance_loss(z2)
+        loss = c.sim_weight * inv + c.var_weight * var + c.cov_weight * cov
+        logs = {"invariance": inv.detach(), "variance": var.detach(), "covariance": cov.detach()}
+        return MethodOutput(loss=loss, logs=logs, embedding=h[: z1.shape[0]].detach())
