@@ -208,7 +208,8 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
                 loss_count += 1
                 step += 1
                 imgs_window += x.shape[0]
-                end_of_run = step >= min(total_steps, max_steps)
+                time_up = t.time_limit_min is not None and time.perf_counter() - t_start > t.time_limit_min * 60
+                end_of_run = step >= min(total_steps, max_steps) or time_up
                 if step % t.log_every == 0 or end_of_run:
                     bad = int(first_bad)
                     if bad >= 0 and t.nan_policy == "stop":
@@ -244,7 +245,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
                     logger.total_steps = total_steps
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and not end_of_run:
                     save(step)
-                if t.time_limit_min is not None and time.perf_counter() - t_start > t.time_limit_min * 60:
+                if time_up:
                     stopped = "time_limit"
                     break
                 if end_of_run:

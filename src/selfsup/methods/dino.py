@@ -114,4 +114,6 @@ class DINO(Method):
         loss = dino_loss(s, t, self.center.center, self.cfg.student_temp, tt)
         self.center.observe(t.flatten(0, 1))
         logs = {"teacher_temp": torch.tensor(tt), "ema_momentum": self.teacher.last_momentum.detach().clone()}
-        return MethodOutput(loss=loss, logs=logs, embedding=first_h.detach())
+        # teacher output distribution of the first global crop, for the entropy collapse monitors
+        probs = torch.softmax((t[0] - self.center.center) / tt, dim=-1).detach()
+        return MethodOutput(loss=loss, logs=logs, embedding=first_h.detach(), probs=probs)

@@ -104,4 +104,5 @@ class SwAV(Method):
         s = torch.stack(scores)  # (V, B, K)
         codes = torch.stack([self._codes(s[i].detach(), zs[i].detach(), i, ctx) for i in range(n_code)])
         loss = swapped_prediction(s, codes, self.cfg.temperature)
-        return MethodOutput(loss=loss, embedding=first_h.detach())
+        probs = torch.softmax(s[0].detach() / self.cfg.temperature, dim=-1)  # for the entropy monitors
+        return MethodOutput(loss=loss, embedding=first_h.detach(), probs=probs)
