@@ -42,6 +42,7 @@ def aggregate(name: str, runs: list[dict[str, Any]], seeds: list[int], seconds: 
     out: dict[str, Any] = {"protocol": name}
     if "top1" in metrics:
         out["top1"], out["top1_std"] = metrics["top1"]["mean"], metrics["top1"]["std"]
+    out.update({k: m["mean"] for k, m in metrics.items() if k not in out})  # e.g. knn.top1_k1 at the top level
     out.update(metrics=metrics, params=first.get("params", {}), labelled_images=first.get("labelled_images"),
                seeds=seeds, repeats=len(runs), seconds=round(seconds, 2), summary=first.get("summary", ["top1"]))
     for k, v in first.items():  # other JSON values (subset files, ...)
