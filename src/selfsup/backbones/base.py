@@ -46,9 +46,10 @@ class BackboneSpec:
 def build_backbone(name: str, *, in_channels: int = 3, width: float = 1.0, cifar_stem: bool = False,
                    image_size: int = 32) -> Backbone:
     """Build a registered backbone by name (``selfsup list`` shows the names)."""
+    from ..config import ConfigError
     from ..registry import BACKBONES
 
     factory = BACKBONES.get(name)
     if width <= 0:
-        raise ValueError(f"backbone.width must be > 0, got {width}")
+        raise ConfigError(f"backbone.width must be > 0, got {width}")
     return factory(BackboneSpec(in_channels=in_channels, width=width, cifar_stem=cifar_stem, image_size=image_size))
