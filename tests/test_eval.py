@@ -95,14 +95,16 @@ def test_extract_features_shapes_and_mode_restored(training):
     data = make_blobs(n=20, size=16)
     bb = build_backbone("convnet", width=0.25)
     bb.train(training)
-    f, y = extract_features(bb, data.train, data.mean, data.std, torch.device("cpu"), batch_size=8)
+    cpu = torch.device("cpu")
+    f, y = extract_features(bb, data.train, data.mean, data.std, cpu, batch_size=10)
     assert f.shape == (20, bb.num_features) and f.dtype == torch.float32
     assert torch.equal(y, data.train.labels)  # dataset order
     assert bb.training is training and all(m.training is training for m in bb.modules())
     # eval mode inside: features of one image do not depend on the batch it is in
-    f1, _ = extract_features(bb, data.train, data.mean, data.std, torch.device("cpu"), batch_size=3)
+    f1, _ = extract_features(bb, data.train, data.mean, data.std, cpu, batch_size=20)
     torch.testing.assert_close(f, f1, atol=1e-5, rtol=1e-4)
-    fs, _ = extract_features(bb, data.train, data.mean, data.std, torch.device("cpu"), stage="block2")
-    assert fs.shape == (20, bb.forward_stages(torch.zeros(1, 3, 16, 16))["block2"].shape[1])
-    fm, ym = extract_features(bb, data.train, data.mean, data.std, torch.device("cpu"), batch_size=8, max_images=10)
+    fs, _ = extract_features(bb, data.train, data.mean, data.std, cpu, batch_size=20, stage="block2")
+    assert fs.shape == (20, bb.block2[0].out_channels)
+    fm, ym = extract_features(bb, data.train, data.mean, data.std, cpu, batch_size=10, max_images=10)
     assert fm.shape == (10, bb.num_features) and torch.equal(ym, data.train.labels[:10])
+    torch.testing.assert_close(fm, f[:10])
