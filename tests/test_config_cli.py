@@ -183,6 +183,19 @@ def test_pretrain_then_refuse_second_run_unless_resume_or_overwrite(tiny_npz, tm
     assert main(pretrain_args(tiny_npz, out, "--resume", "--max-steps", "4")) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["steps"] == 4
+    capsys.readouterr()
+
+    assert main(["eval", str(out), "--protocol", "knn", "--no-baseline", "--device", "cpu"]) == 0
+    assert "knn" in capsys.readouterr().out
+    ev = json.loads((out / "eval.json").read_text())
+    assert "knn" in ev and "baseline" not in ev and ev["protocol"]["step"] == 4
+    rc = main(["eval", str(out), "--protocol", "nope"])
+    assert_user_error(rc, capsys, "unknown evaluator 'nope'", "knn", "linear")
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(tiny_npz, tmp_path, capsys):
+    rc = main(pretrain_args(tiny_npz, tmp_path / "fresh", "--resume"))
+    assert_user_error(rc, capsys, "no checkpoint found")
 
 
 def test_batch_size_larger_than_the_dataset(tiny_npz, tmp_path, capsys):

@@ -274,3 +274,14 @@ def test_in_memory_split_validates_its_input():
         InMemorySplit(torch.zeros(2, 1, 4, 4))
     with pytest.raises(DataError, match="2 images but 3 labels"):
         InMemorySplit(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.arange(3))
+
+
+def test_separate_test_path_supplies_the_test_split(tmp_path):
+    g = np.random.default_rng(2)
+    train = tmp_path / "train.npz"
+    np.savez(train, x_train=g.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8), y_train=np.arange(10) % 2)
+    other = write_npz(tmp_path / "other.npz", n_train=4, size=8)
+    ds = load_dataset(str(train), test_path=str(other))
+    assert ds.test.num_images == 4 and ds.has_labels
+    with pytest.raises(DataError, match="missing.npz"):
+        load_dataset(str(train), test_path=str(tmp_path / "missing.npz"))
