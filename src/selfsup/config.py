@@ -210,7 +210,12 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if callable(check):
-        check()
+        try:
+            check()
+        except ConfigError:
+            raise
+        except ValueError as e:  # validate() may raise a plain ValueError naming the option
+            raise ConfigError(str(e)) from None
     return obj
 
 

@@ -47,14 +47,13 @@ class BackboneSpec:
 def build_backbone(name: str, *, in_channels: int = 3, width: float = 1.0, cifar_stem: bool = False,
                    image_size: int = 32, patch_size: int | None = None) -> Backbone:
     """Build a registered backbone by name (``selfsup list`` shows the names)."""
+    from ..config import ConfigError
     from ..registry import BACKBONES
 
     factory = BACKBONES.get(name)
     if width <= 0:
-        raise ValueError(f"backbone.width must be > 0, got {width}")
+        raise ConfigError(f"backbone.width must be > 0, got {width}")
     if patch_size is not None and patch_size < 1:
-        from ..config import ConfigError
-
         raise ConfigError(f"backbone.patch_size must be >= 1, got {patch_size}")
     return factory(BackboneSpec(in_channels=in_channels, width=width, cifar_stem=cifar_stem, image_size=image_size,
                                 patch_size=patch_size))

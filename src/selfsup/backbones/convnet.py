@@ -30,6 +30,7 @@ class ConvNet(Backbone):
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.check_input(x)
         out: dict[str, torch.Tensor] = {}
         for name in self.stage_names:
             x = getattr(self, name)(x)

@@ -98,6 +98,7 @@ class ResNet(Backbone):
                     nn.init.zeros_(last.weight)
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.check_input(x)
         out: dict[str, torch.Tensor] = {}
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out["stem"] = x
@@ -108,6 +109,7 @@ class ResNet(Backbone):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)

@@ -75,7 +75,7 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
             im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
             left, top = (nw - size) // 2, (nh - size) // 2
             im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
     except BadImage:
         raise
     except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), DecompressionBombError ...

@@ -1,6 +1,7 @@
 """``.npz`` archives with ``x_train``/``y_train``/``x_test``/``y_test`` uint8 NHWC arrays (labels optional)."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ def load_npz(path: str | Path) -> ImageDataset:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
+    if not zipfile.is_zipfile(p):  # numpy would otherwise suggest unpickling it
+        raise DataError(f"{p}: not a .npz archive (not a zip file; empty, corrupt or another format)")
     try:
         z = np.load(p, allow_pickle=False)
         keys = set(z.files)

@@ -47,7 +47,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
-        raise CheckpointError(f"{path}: refused to load, it contains objects that would execute code ({first})") from None
+        # torch's message starts with advice to retry unsafely; keep only the line naming the refused global
+        glob = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), None)
+        if glob is None:  # a weights-only unpickler error without a global: a damaged file, not code
+            raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not written by torch.save)") from None
+        raise CheckpointError(f"{path}: refused to load, it contains objects that would execute code ({glob})") from None
     except Exception as e:  # truncated zip, not a checkpoint, ...
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

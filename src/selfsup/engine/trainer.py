@@ -163,6 +163,14 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
         }, checkpoint_path(run_dir, step))
         prune_checkpoints(run_dir, keep=2)
 
+    def stop_if_non_finite() -> None:
+        bad = int(first_bad)  # one host sync, only at log and checkpoint steps
+        if bad >= 0 and t.nan_policy == "stop":
+            raise TrainingError(
+                f"non-finite loss at step {bad} (method {cfg.method['name']}, lr {lrs[bad]:.3g}); "
+                f"stopped, the last good checkpoint in {run_dir / 'checkpoints'} is kept; "
+                "try a lower optim.lr or train.grad_clip")
+
     logger = MetricsLogger(run_dir, total_steps=total_steps, quiet=quiet)
     method.train()
     step = start_step
@@ -211,12 +219,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
                 time_up = t.time_limit_min is not None and time.perf_counter() - t_start > t.time_limit_min * 60
                 end_of_run = step >= min(total_steps, max_steps) or time_up
                 if step % t.log_every == 0 or end_of_run:
-                    bad = int(first_bad)
-                    if bad >= 0 and t.nan_policy == "stop":
-                        raise TrainingError(
-                            f"non-finite loss at step {bad} (method {cfg.method['name']}, lr {lrs[bad]:.3g}); "
-                            f"stopped, the last good checkpoint in {run_dir / 'checkpoints'} is kept; "
-                            "try a lower optim.lr or train.grad_clip")
+                    stop_if_non_finite()
                     now = time.perf_counter()
                     last_loss = float(loss_sum) / max(1, loss_count)
                     rec = {"step": step, "epoch": round(step / spe, 4), "loss": last_loss, "lr": lrs[step - 1],
@@ -244,6 +247,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
                     lrs = schedule(total_steps)
                     logger.total_steps = total_steps
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and not end_of_run:
+                    stop_if_non_finite()  # never let a checkpoint after a NaN replace the good ones
                     save(step)
                 if time_up:
                     stopped = "time_limit"
@@ -264,7 +268,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
         stopped = "interrupted"
     finally:
         logger.close()
-    if int(first_bad) < 0:
+    if int(first_bad) < 0 or t.nan_policy == "skip":  # skipped steps did not touch the weights
         save(step)
     if stopped == "collapsed" and not quiet:
         print(f"stopped at step {step} (--stop-on-collapse): {collapse}; the last checkpoint is kept in "
