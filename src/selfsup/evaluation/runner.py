@@ -44,9 +44,9 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = (
         raise DataError(f"{eval_data or cfg.data.path}: evaluation needs labelled train and test splits")
     t0 = time.perf_counter()
     built = build_run(cfg, data, dev)  # random init with the run's seed: this is the baseline's init too
-    if data.channels != built.method.backbone.in_channels:
+    if data.channels != built.method.eval_backbone().in_channels:
         raise DataError(f"eval data has {data.channels} channels but the backbone expects "
-                        f"{built.method.backbone.in_channels}")
+                        f"{built.method.eval_backbone().in_channels}")
     opts = dict(options or {})
     out: dict[str, Any] = {}
     times: dict[str, Any] = {}
