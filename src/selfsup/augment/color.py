@@ -32,7 +32,11 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1] ``(B, 3, H, W)`` → Lab ``(B, 3, H, W)`` (L in [0, 100])."""
     if rgb.ndim != 4 or rgb.shape[1] != 3:
         raise ValueError(f"rgb_to_lab expects (B, 3, H, W), got {tuple(rgb.shape)}")
-    x = rgb.float().clamp(0, 1)
+    with torch.autocast(rgb.device.type, enabled=False):  # einsum would run in bf16 under autocast
+        return _rgb_to_lab(rgb.float().clamp(0, 1))
+
+
+def _rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
     lin = torch.where(x > 0.04045, ((x + 0.055) / 1.055).clamp_min(1e-12) ** 2.4, x / 12.92)
     xyz = torch.einsum("ij,bjhw->bihw", _matrix(_RGB_TO_XYZ, x.device), lin)
     xyz = xyz / _matrix(_WHITE, x.device).view(1, 3, 1, 1)
@@ -45,7 +49,12 @@ def lab_to_rgb(lab: torch.Tensor, clamp: bool = True) -> torch.Tensor:
     """Inverse of :func:`rgb_to_lab`; ``clamp`` clips out-of-gamut colours to [0, 1]."""
     if lab.ndim != 4 or lab.shape[1] != 3:
         raise ValueError(f"lab_to_rgb expects (B, 3, H, W), got {tuple(lab.shape)}")
-    L, a, b = lab.float().unbind(1)
+    with torch.autocast(lab.device.type, enabled=False):
+        return _lab_to_rgb(lab.float(), clamp)
+
+
+def _lab_to_rgb(lab: torch.Tensor, clamp: bool) -> torch.Tensor:
+    L, a, b = lab.unbind(1)
     fy = (L + 16) / 116
     f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=1)
     xyz = torch.where(f > 6 / 29, f ** 3, _KAPPA * (f - 4 / 29))
@@ -136,7 +145,12 @@ def rebalancing_weights(prior: torch.Tensor, centers: torch.Tensor, lam: float =
     """
     if not 0 <= lam <= 1:
         raise ValueError(f"rebalancing lambda must be in [0, 1], got {lam}")
-    p = prior.float() / prior.float().sum().clamp_min(1e-12)
+    with torch.autocast(prior.device.type, enabled=False):
+        return _rebalancing_weights(prior.float(), centers.float(), lam, sigma)
+
+
+def _rebalancing_weights(prior: torch.Tensor, centers: torch.Tensor, lam: float, sigma: float) -> torch.Tensor:
+    p = prior / prior.sum().clamp_min(1e-12)
     if sigma > 0:
         d2 = torch.cdist(centers, centers).pow(2).to(p.device)
         kernel = torch.exp(-d2 / (2 * sigma ** 2))

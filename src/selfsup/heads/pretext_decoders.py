@@ -9,6 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def last_stage_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's last named stage ``(B, num_features, h, w)``: what the decoders read. Convolutional
+    backbones only (the ResNets and the ConvNet, whose last stage has ``num_features`` channels)."""
+    y = backbone.forward_stages(x)[backbone.stage_names[-1]]
+    if y.ndim != 4:
+        raise ValueError(f"pretext decoders need a convolutional backbone (a 4-D last stage), got {tuple(y.shape)}")
+    return y
+
+
 class ConvDecoder(nn.Module):
     """Feature map ``(B, in_channels, h, w)`` → ``(B, out_channels, H, W)``.
 
