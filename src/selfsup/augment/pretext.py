@@ -91,7 +91,10 @@ def crop_tiles(x: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tenso
 
 def grid_tiles(x: torch.Tensor, grid: int = 3, gap: int = 2, jitter: int = 1,
                gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ``grid``×``grid`` grid of tiles with gaps and jitter: tiles ``(B, grid², C, t, t)`` and corners ``(B, grid², 2)``."""
+    """A ``grid``×``grid`` grid of tiles with gaps and jitter.
+
+    Returns tiles ``(B, grid², C, t, t)`` (row-major) and their top-left corners ``(B, grid², 2)``.
+    """
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"tile grids need square images, got {tuple(x.shape[-2:])}")
     size = x.shape[-1]

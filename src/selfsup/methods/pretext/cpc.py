@@ -64,7 +64,8 @@ class CPCConfig:
         check_temperature(self.temperature, "method.temperature")
 
 
-@register_method("cpc", help="CPC: predict patch codes rows below with InfoNCE over a patch grid (van den Oord et al. 2018)")
+@register_method("cpc",
+                 help="CPC: predict patch codes rows below with InfoNCE over a patch grid (van den Oord et al. 2018)")
 class CPC(Method):
     Config = CPCConfig
     default_augment = "crop-flip"

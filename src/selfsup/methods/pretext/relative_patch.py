@@ -53,7 +53,8 @@ class RelativePatchConfig:
             raise ConfigError(f"method.head_hidden_dim must be >= 1, got {self.head_hidden_dim}")
 
 
-@register_method("relative-patch", help="predict the position of a neighbouring tile from a 3x3 grid (Doersch et al. 2015)")
+@register_method("relative-patch",
+                 help="predict the position of a neighbouring tile from a 3x3 grid (Doersch et al. 2015)")
 class RelativePatch(Method):
     Config = RelativePatchConfig
     default_augment = "crop-flip"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from ...augment.color import AB_SCALE, NormalizedRGBToLab, ab_bin_centers, encode_ab, quantize_l, scale_lab
@@ -53,7 +52,8 @@ class SplitBrainConfig:
         check_decoder(self.output_stride, self.decoder_width, self.decoder_blocks)
 
 
-@register_method("split-brain", help="two sub-networks predict L->ab and ab->L; features concatenated (Zhang et al. 2017)")
+@register_method("split-brain",
+                 help="two sub-networks predict L->ab and ab->L; features concatenated (Zhang et al. 2017)")
 class SplitBrain(Method):
     Config = SplitBrainConfig
     default_augment = "crop-flip"
