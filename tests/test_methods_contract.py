@@ -20,7 +20,8 @@ NAMES = METHODS.names()
 def _build(name: str, data, seed: int = 0):
     cls = METHODS.get(name)
     torch.manual_seed(seed)
-    backbone = build_backbone(getattr(cls, "test_backbone", "convnet"), in_channels=data.channels, width=0.25,
+    backbone = build_backbone(getattr(cls, "test_backbone", "convnet"),
+                              in_channels=cls.backbone_in_channels(data.channels), width=0.25,
                               image_size=data.image_size[0])
     method = build_method(name, backbone, dict(getattr(cls, "test_overrides", {})), num_train=data.train.num_images)
     views = method.make_views(data.image_size[0], data.mean, data.std)

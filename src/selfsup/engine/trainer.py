@@ -23,6 +23,7 @@ from ..components.base import StepContext, update_parts
 from ..config import ConfigError, RunConfig, method_config, to_plain
 from ..data import ImageDataset, load_dataset
 from ..methods.base import Method, ViewBatch, build_method
+from ..registry import METHODS
 from .checkpoint import save_checkpoint
 from .logging import MetricsLogger
 from .monitors import CollapseMonitor, CollapseWarning
@@ -74,7 +75,8 @@ def build_run(cfg: RunConfig, data: ImageDataset | None = None, device: torch.de
     device = device or resolve_device(cfg.train.device)
     size = data.image_size[0]
     torch.manual_seed(cfg.train.seed)
-    backbone = build_backbone(cfg.backbone.name, in_channels=data.channels, width=cfg.backbone.width,
+    in_channels = METHODS.get(cfg.method["name"]).backbone_in_channels(data.channels)
+    backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, width=cfg.backbone.width,
                               cifar_stem=cfg.backbone.cifar_stem, image_size=size,
                               patch_size=cfg.backbone.patch_size)
     method = build_method(cfg.method["name"], backbone, method_config(cfg), num_train=data.train.num_images)

@@ -128,9 +128,9 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
                             f"{cfg.data.path} not found)")
         data, data_info = load_eval_data(eval_data, size, channels)
         built = build_run(cfg, run_data or data, dev)
-    if data.channels != built.method.backbone.in_channels:  # cannot happen after conversion; guard anyway
+    if data.channels != built.method.eval_backbone().in_channels:  # cannot happen after conversion; guard anyway
         raise DataError(f"eval data has {data.channels} channels but the backbone expects "
-                        f"{built.method.backbone.in_channels}")
+                        f"{built.method.eval_backbone().in_channels}")
     seed_list = [cfg.train.seed + i for i in range(seeds)]
     common = dict(seed=cfg.train.seed, options=opts, run_dir=run_dir, epochs=epochs,
                   fractions=tuple(fractions) if fractions else None, pretrain_epochs=cfg.train.epochs)

@@ -78,6 +78,15 @@ class Method(nn.Module):
         return self.backbone
 
     @classmethod
+    def backbone_in_channels(cls, data_channels: int) -> int:
+        """Input channels of the backbone built for this method from data with ``data_channels`` channels.
+
+        The data's channels by default; colorization's backbone sees L only (1). Methods whose backbone differs
+        return an :meth:`eval_backbone` that accepts the data's channels, so evaluation is unchanged.
+        """
+        return data_channels
+
+    @classmethod
     def method_name(cls) -> str:
         return getattr(cls, "registered_name", cls.__name__.lower())
 

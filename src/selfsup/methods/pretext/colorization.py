@@ -1,0 +1,119 @@
+"""Colorization (Zhang et al. 2016, "Colorful Image Colorization"; Larsson et al. 2016).
+
+Views are converted to CIE Lab in torch; the backbone sees the lightness L only (a 1-channel first layer) and a
+convolutional decoder on its last stage predicts the colour channels ab at ``image_size / output_stride``
+resolution (Zhang et al. predict at 1/4 resolution). Two losses:
+
+- ``classification`` (the paper's): ab is quantised into the in-gamut cells of a 10×10 grid (Q ≈ 262 bins),
+  targets are soft-encoded on the 5 nearest bins (σ = 5), and the cross-entropy of each pixel is weighted by
+  class rebalancing (``rebalance``, λ = 0.5) so that rare saturated colours count; the ab prior is accumulated
+  from the training targets (a :class:`~selfsup.components.class_prior.ClassPrior` buffer).
+- ``regression``: L2 on ab / 110 (the baseline the paper shows gives desaturated colours).
+
+Evaluation: the backbone takes L only. :meth:`eval_backbone` wraps it so that it takes the data's normalised RGB
+images and converts them to L itself; evaluation protocols need no change. RGB data only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...augment.color import AB_SCALE, NormalizedRGBToLab, ab_bin_centers, encode_ab, rebalancing_weights, scale_lab
+from ...backbones.adapt import InputTransformBackbone
+from ...components.base import StepContext
+from ...components.class_prior import ClassPrior
+from ...config import ConfigError
+from ...heads.pretext_decoders import ConvDecoder, last_stage_map
+from ...losses.pretext import soft_cross_entropy
+from ..base import Method, MethodOutput, ViewBatch, register_method
+
+
+def require_rgb(name: str, data_channels: int) -> None:
+    if data_channels != 3:
+        raise ConfigError(f"method '{name}' needs RGB (3-channel) data to build Lab colours; "
+                          f"the data has {data_channels} channel(s)")
+
+
+def check_decoder(output_stride: int, width: int, blocks: int) -> None:
+    if output_stride < 1:
+        raise ConfigError(f"method.output_stride must be >= 1, got {output_stride}")
+    if width < 1 or blocks < 0:
+        raise ConfigError(f"method.decoder_width must be >= 1 and method.decoder_blocks >= 0, got {width}, {blocks}")
+
+
+@dataclass
+class ColorizationConfig:
+    loss: str = "classification"  # classification (quantised ab, Zhang et al.) | regression (L2 on ab)
+    ab_grid: float = 10.0  # side of the ab quantisation cells
+    soft_k: int = 5  # soft encoding on the k nearest bins (1: one-hot)
+    soft_sigma: float = 5.0
+    rebalance: bool = True
+    rebalance_lambda: float = 0.5
+    output_stride: int = 4  # predict ab at image_size // output_stride
+    decoder_width: int = 64
+    decoder_blocks: int = 1  # 2x upsamplings from the backbone's last stage (then resized to the output size)
+
+    def validate(self) -> None:
+        if self.loss not in ("classification", "regression"):
+            raise ConfigError(f"method.loss must be classification or regression, got '{self.loss}'")
+        if self.ab_grid <= 0 or self.soft_sigma <= 0 or self.soft_k < 1:
+            raise ConfigError("method.ab_grid and method.soft_sigma must be > 0 and method.soft_k >= 1, got "
+                              f"{self.ab_grid}, {self.soft_sigma}, {self.soft_k}")
+        if not 0 <= self.rebalance_lambda <= 1:
+            raise ConfigError(f"method.rebalance_lambda must be in [0, 1], got {self.rebalance_lambda}")
+        check_decoder(self.output_stride, self.decoder_width, self.decoder_blocks)
+
+
+@register_method("colorization", help="predict ab colour from L in Lab space (Zhang et al. 2016); backbone sees L")
+class Colorization(Method):
+    Config = ColorizationConfig
+    default_augment = "crop-flip"
+    default_optimizer = "adamw"
+    base_lr = 1e-3
+    default_weight_decay = 1e-4
+    test_overrides = {"decoder_width": 16}
+
+    def __init__(self, backbone, cfg: ColorizationConfig | None = None, **kw) -> None:
+        super().__init__(backbone, cfg, **kw)
+        c = self.cfg
+        self.to_lab = NormalizedRGBToLab("L")
+        self.register_buffer("centers", ab_bin_centers(c.ab_grid), persistent=False)
+        q = self.centers.shape[0]
+        out = q if c.loss == "classification" else 2
+        self.decoder = ConvDecoder(backbone.num_features, out, c.decoder_width, c.decoder_blocks)
+        self.prior = ClassPrior(q)
+
+    @classmethod
+    def backbone_in_channels(cls, data_channels: int) -> int:
+        require_rgb("colorization", data_channels)
+        return 1
+
+    def make_views(self, image_size, mean, std, augment=None):
+        views = super().make_views(image_size, mean, std, augment)
+        self.to_lab.set_stats(mean, std)
+        return views
+
+    def eval_backbone(self):
+        return InputTransformBackbone(self.to_lab, self.backbone, data_channels=3)
+
+    def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
+        c = self.cfg
+        x = batch.views[0]
+        lab = self.to_lab.lab(x)  # (B, 3, H, W), float32
+        size = max(1, x.shape[-1] // c.output_stride)
+        feat = last_stage_map(self.backbone, scale_lab(lab, "L"))
+        pred = self.decoder(feat, size)  # (B, Q or 2, h, w)
+        ab = F.adaptive_avg_pool2d(lab[:, 1:], size)  # (B, 2, h, w) target at the output resolution
+        if c.loss == "regression":
+            loss = F.mse_loss(pred.float(), ab / AB_SCALE)
+            return MethodOutput(loss=loss)
+        ab_flat = ab.permute(0, 2, 3, 1).reshape(-1, 2)
+        target = encode_ab(ab_flat, self.centers, c.soft_k, c.soft_sigma)  # (N, Q)
+        if self.training:
+            self.prior.update(target)
+        weight = rebalancing_weights(self.prior.probs(), self.centers, c.rebalance_lambda) if c.rebalance else None
+        logits = pred.permute(0, 2, 3, 1).reshape(-1, pred.shape[1])
+        loss = soft_cross_entropy(logits, target, weight)
+        return MethodOutput(loss=loss)

@@ -1,0 +1,107 @@
+"""Split-Brain autoencoders (Zhang et al. 2017, "Split-Brain Autoencoders: Unsupervised Learning by
+Cross-Channel Prediction").
+
+Two sub-networks see disjoint channels of the Lab image: one predicts ab from L, the other L from ab, each
+through its own decoder; both are trained with classification losses (ab in quantised bins with soft encoding,
+L in 50 bins), which the paper found better than regression. The representation is the concatenation of both
+sub-networks' features: a :class:`~selfsup.backbones.adapt.ChannelSplitBackbone` (L-net on channel 0, ab-net on
+channels 1-2) is the method's backbone.
+
+The engine builds one registry backbone with 1 input channel (the L-net); the ab-net is a copy of it with a fresh
+2-channel first convolution. Each sub-network has the full width of the configured backbone, so the feature size
+is twice the backbone's (the paper halves each; pass half the ``backbone.width`` for a like-for-like size).
+
+Evaluation: :meth:`eval_backbone` takes the data's normalised RGB images, converts them to scaled Lab and returns
+the concatenated features (and stages). RGB data only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from ...augment.color import AB_SCALE, NormalizedRGBToLab, ab_bin_centers, encode_ab, quantize_l, scale_lab
+from ...backbones.adapt import ChannelSplitBackbone, InputTransformBackbone, with_in_channels
+from ...components.base import StepContext
+from ...config import ConfigError
+from ...heads.pretext_decoders import ConvDecoder, last_stage_map
+from ...losses.pretext import soft_cross_entropy
+from ..base import Method, MethodOutput, ViewBatch, register_method
+from .colorization import check_decoder, require_rgb
+
+
+@dataclass
+class SplitBrainConfig:
+    loss: str = "classification"  # classification (ab bins and L bins) | regression (L2 on scaled values)
+    ab_grid: float = 10.0
+    soft_k: int = 5  # soft encoding of ab on the k nearest bins
+    soft_sigma: float = 5.0
+    l_bins: int = 50
+    output_stride: int = 4
+    decoder_width: int = 64
+    decoder_blocks: int = 1
+
+    def validate(self) -> None:
+        if self.loss not in ("classification", "regression"):
+            raise ConfigError(f"method.loss must be classification or regression, got '{self.loss}'")
+        if self.ab_grid <= 0 or self.soft_sigma <= 0 or self.soft_k < 1:
+            raise ConfigError("method.ab_grid and method.soft_sigma must be > 0 and method.soft_k >= 1, got "
+                              f"{self.ab_grid}, {self.soft_sigma}, {self.soft_k}")
+        if self.l_bins < 2:
+            raise ConfigError(f"method.l_bins must be >= 2, got {self.l_bins}")
+        check_decoder(self.output_stride, self.decoder_width, self.decoder_blocks)
+
+
+@register_method("split-brain",
+                 help="two sub-networks predict L->ab and ab->L; features concatenated (Zhang et al. 2017)")
+class SplitBrain(Method):
+    Config = SplitBrainConfig
+    default_augment = "crop-flip"
+    default_optimizer = "adamw"
+    base_lr = 1e-3
+    default_weight_decay = 1e-4
+    test_overrides = {"decoder_width": 16, "l_bins": 10}
+
+    def __init__(self, backbone, cfg: SplitBrainConfig | None = None, **kw) -> None:
+        super().__init__(backbone, cfg, **kw)
+        c = self.cfg
+        if backbone.in_channels != 1:
+            raise ValueError(f"split-brain expects the L-net backbone with 1 input channel, got {backbone.in_channels}")
+        self.backbone = ChannelSplitBackbone(backbone, with_in_channels(backbone, 2))
+        self.to_lab = NormalizedRGBToLab("Lab")
+        self.register_buffer("centers", ab_bin_centers(c.ab_grid), persistent=False)
+        cls = c.loss == "classification"
+        d = backbone.num_features
+        self.decode_ab = ConvDecoder(d, self.centers.shape[0] if cls else 2, c.decoder_width, c.decoder_blocks)
+        self.decode_l = ConvDecoder(d, c.l_bins if cls else 1, c.decoder_width, c.decoder_blocks)
+
+    @classmethod
+    def backbone_in_channels(cls, data_channels: int) -> int:
+        require_rgb("split-brain", data_channels)
+        return 1
+
+    def make_views(self, image_size, mean, std, augment=None):
+        views = super().make_views(image_size, mean, std, augment)
+        self.to_lab.set_stats(mean, std)
+        return views
+
+    def eval_backbone(self):
+        return InputTransformBackbone(self.to_lab, self.backbone, data_channels=3)
+
+    def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
+        c = self.cfg
+        x = batch.views[0]
+        lab = self.to_lab.lab(x)
+        inp = scale_lab(lab, "Lab")
+        size = max(1, x.shape[-1] // c.output_stride)
+        pred_ab = self.decode_ab(last_stage_map(self.backbone.first, inp[:, :1]), size)
+        pred_l = self.decode_l(last_stage_map(self.backbone.second, inp[:, 1:]), size)
+        target = F.adaptive_avg_pool2d(lab, size)  # (B, 3, h, w)
+        if c.loss == "regression":
+            loss_ab = F.mse_loss(pred_ab.float(), target[:, 1:] / AB_SCALE)
+            loss_l = F.mse_loss(pred_l.float(), scale_lab(target, "L"))
+        else:
+            ab_t = encode_ab(target[:, 1:].permute(0, 2, 3, 1).reshape(-1, 2), self.centers, c.soft_k, c.soft_sigma)
+            loss_ab = soft_cross_entropy(pred_ab.permute(0, 2, 3, 1).reshape(-1, pred_ab.shape[1]), ab_t)
+            loss_l = F.cross_entropy(pred_l.float(), quantize_l(target[:, 0], c.l_bins))
+        return MethodOutput(loss=loss_ab + loss_l, logs={"loss_ab": loss_ab.detach(), "loss_l": loss_l.detach()})
