@@ -34,8 +34,9 @@ class MemoryBank(SharedPart):
         return self.rows.shape[0]
 
     def lookup(self, index: torch.Tensor) -> torch.Tensor:
-        """Rows of ``index`` (B,) → (B, dim); a copy, safe to use in the loss after the bank changes."""
-        return self.rows[index].clone()
+        """Rows at ``index`` (any shape, e.g. (B,) or (B, 1 + k)) → (*index.shape, dim); a copy, safe to use in
+        the loss after the bank changes."""
+        return self.rows[index]
 
     def sample_indices(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, k) uniform draws (with replacement, as NPID) from all rows except ``index[b]`` for row b.
@@ -45,9 +46,13 @@ class MemoryBank(SharedPart):
         r = torch.randint(0, self.size - 1, (index.shape[0], k), device=self.rows.device, generator=generator)
         return r + (r >= index[:, None]).long()
 
-    def negatives(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, k, dim) rows of ``k`` random images other than each ``index[b]``."""
-        return self.rows[self.sample_indices(index, k, generator)]
+    def positives_and_negatives(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None
+                                ) -> torch.Tensor:
+        """(B, 1 + k, dim): column 0 is each image's own row, columns 1..k rows of k random other images.
+
+        One gather for both, so the (B, 1 + k, dim) tensor is built once.
+        """
+        return self.lookup(torch.cat([index[:, None], self.sample_indices(index, k, generator)], dim=1))
 
     def stage(self, index: torch.Tensor, features: torch.Tensor) -> None:
         """Remember this step's embeddings (B, dim); :meth:`after_step` writes them after the optimizer step."""

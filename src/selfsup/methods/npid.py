@@ -38,7 +38,8 @@ def check_bank_options(loss: str, num_negatives: int, bank_momentum: float) -> N
 
 
 class BankLoss(torch.nn.Module):
-    """L(m, x): x (B, D) must match its bank row m (B, D) against negatives (B, K, D) drawn from the bank.
+    """L(m, x): x (B, D) must match its bank row against negatives drawn from the bank; ``keys`` (B, 1 + K, D)
+    holds the bank row in column 0 and the K negatives after it (:meth:`MemoryBank.positives_and_negatives`).
 
     Holds NCE's log-normaliser ``c = log(m·Z/n)``: −inf until the first step estimates it, then fixed (Wu et al.).
     """
@@ -48,9 +49,8 @@ class BankLoss(torch.nn.Module):
         self.loss, self.temperature = loss, temperature
         self.register_buffer("log_norm", torch.tensor(float("-inf")))
 
-    def forward(self, x: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x.float(), dim=1)
-        keys = torch.cat([positive[:, None].float(), negatives.float()], dim=1)  # (B, 1 + K, D)
         if self.loss == "softmax":
             target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
             return info_nce(x, keys, target, self.temperature)
@@ -102,6 +102,6 @@ class NPID(Method):
         h = self.backbone(batch.views[0])
         f = F.normalize(self.projector(h), dim=1)
         idx = batch.index
-        loss = self.criterion(f, self.bank.lookup(idx), self.bank.negatives(idx, self.cfg.num_negatives))
+        loss = self.criterion(f, self.bank.positives_and_negatives(idx, self.cfg.num_negatives))
         self.bank.stage(idx, f)
         return MethodOutput(loss=loss, embedding=h.detach())

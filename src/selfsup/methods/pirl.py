@@ -86,10 +86,9 @@ class PIRL(Method):
         f = F.normalize(self.head_f(h), dim=1)
         g = F.normalize(self.jigsaw_embedding(x_jig), dim=1)
         idx = batch.index
-        m = self.bank.lookup(idx)
-        neg = self.bank.negatives(idx, self.cfg.num_negatives)  # the same negatives for both terms
+        keys = self.bank.positives_and_negatives(idx, self.cfg.num_negatives)  # m_I and the same negatives for both
         lam = self.cfg.lambda_jigsaw
-        loss_jig, loss_img = self.criterion(g, m, neg), self.criterion(f, m, neg)
+        loss_jig, loss_img = self.criterion(g, keys), self.criterion(f, keys)
         self.bank.stage(idx, f)
         return MethodOutput(loss=lam * loss_jig + (1 - lam) * loss_img,
                             logs={"loss_jigsaw": loss_jig.detach(), "loss_image": loss_img.detach()},
