@@ -77,7 +77,7 @@ class NPIDConfig:
             raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
 
 
-@register_method("npid", help="NPID/InstDisc: instance discrimination against a memory bank, NCE (Wu et al. 2018)")
+@register_method("npid", help="NPID/InstDisc: instance discrimination, memory-bank negatives (Wu et al. 2018)")
 class NPID(Method):
     """One view per image; the backbone is evaluated, the 128-d embedding and the bank are training-only."""
 
