@@ -10,7 +10,9 @@ from .base import SharedPart
 class FeatureQueue(SharedPart):
     """``size`` rows of dimension ``dim``; ``push(x)`` overwrites the oldest rows, wrapping around.
 
-    State (rows, write pointer, fill count) lives in buffers and is checkpointed with the method.
+    State (rows, write pointer, fill count) lives in buffers and is checkpointed with the method. ``ids`` holds
+    an optional integer per row (MoCo stores the image's dataset index, to skip keys of the query's own image);
+    -1 where none was given.
     """
 
     def __init__(self, size: int, dim: int, *, normalize: bool = True) -> None:
@@ -21,19 +23,21 @@ class FeatureQueue(SharedPart):
         self.register_buffer("rows", F.normalize(init, dim=1) if normalize else init)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("ids", torch.full((size,), -1, dtype=torch.long))
 
     @property
     def size(self) -> int:
         return self.rows.shape[0]
 
     @torch.no_grad()
-    def push(self, x: torch.Tensor) -> None:
-        """Enqueue ``x`` (B, dim), B <= size; the oldest B rows leave."""
+    def push(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """Enqueue ``x`` (B, dim), B <= size, and optionally ``ids`` (B,); the oldest B rows leave."""
         b = x.shape[0]
         if b > self.size:
             raise ValueError(f"cannot push {b} rows into a queue of size {self.size}")
         idx = (self.ptr + torch.arange(b, device=x.device)) % self.size
         self.rows[idx] = x.detach().to(self.rows.dtype)
+        self.ids[idx] = ids.to(self.ids) if ids is not None else -1
         self.ptr.copy_((self.ptr + b) % self.size)
         self.filled.copy_(torch.clamp(self.filled + b, max=self.size))
 

@@ -8,6 +8,8 @@ keys of a queue as negatives.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -21,11 +23,15 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, positive: torch.Tensor, te
              mask: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of each query against all keys, the positive key being the target.
 
-    query: (N, D) and keys: (M, D), both L2-normalised; positive: (N,) index into keys;
+    query: (N, D) and keys: (M, D) shared by all queries, or (N, M, D) one set per query (memory-bank
+    negatives), both L2-normalised; positive: (N,) index into keys' M axis;
     mask: optional (N, M) bool, True where a key must be ignored (e.g. the query itself). Returns a scalar.
     """
     check_temperature(temperature)
-    logits = query @ keys.T / temperature
+    if keys.ndim == 3:
+        logits = torch.einsum("nd,nmd->nm", query, keys) / temperature
+    else:
+        logits = query @ keys.T / temperature
     if mask is not None:
         logits = logits.masked_fill(mask, float("-inf"))
     return F.cross_entropy(logits.float(), positive)
@@ -45,3 +51,26 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     positive = (idx + n) % (2 * n)
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     return info_nce(z, z, positive, temperature, mask=self_mask)
+
+
+def nce_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, log_norm: torch.Tensor | float) -> torch.Tensor:
+    """Binary NCE of Wu et al. 2018 (NPID, eq. 5-6) and Misra & van der Maaten 2020 (PIRL, eq. 3-4).
+
+    With P(i|v) = exp(s/τ)/Z, noise P_n = 1/n and m noise samples per positive, h = P/(P + m·P_n) is the
+    probability that a pair comes from the data. ``L = −log h(pos) − Σ_k log(1 − h(neg_k))``, i.e.
+    ``softplus(−(pos − c)) + Σ_k softplus(neg_k − c)`` with ``c = log(Z·m/n)``, passed here as ``log_norm``
+    (NPID's Monte-Carlo estimate ``Z ≈ n·mean exp(s_neg/τ)`` makes ``c = log(m·mean exp(s_neg/τ))``).
+
+    pos_logits: (N,) s/τ of the positive pairs; neg_logits: (N, m) of the noise pairs. Returns the mean over N.
+    """
+    if pos_logits.ndim != 1 or neg_logits.ndim != 2 or neg_logits.shape[0] != pos_logits.shape[0]:
+        raise ValueError(f"nce_loss expects (N,) and (N, m) logits, got {tuple(pos_logits.shape)} and "
+                         f"{tuple(neg_logits.shape)}")
+    pos = F.softplus(-(pos_logits.float() - log_norm))
+    neg = F.softplus(neg_logits.float() - log_norm).sum(dim=1)
+    return (pos + neg).mean()
+
+
+def nce_log_norm(neg_logits: torch.Tensor) -> torch.Tensor:
+    """``c = log(m · mean exp(neg_logits))`` from (N, m) noise logits: NPID's normaliser estimate (a 0-d tensor)."""
+    return torch.logsumexp(neg_logits.detach().float().flatten(), 0) - math.log(neg_logits.shape[0])

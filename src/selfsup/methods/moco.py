@@ -1,0 +1,181 @@
+"""MoCo v1 (He et al. 2020) and MoCo v2 (Chen, Fan, Girshick & He 2020): momentum contrast with a queue of keys.
+
+A query encoder (backbone + projection) is trained with InfoNCE: the query q of view 1 must pick its key k⁺
+(view 2 through the momentum key encoder) out of k⁺ and the K keys of a FIFO queue of past batches. The key
+encoder follows the query encoder by ``θ_k ← m·θ_k + (1 − m)·θ_q`` after each step (an :class:`EMATeacher`);
+the queue (a :class:`FeatureQueue`) receives the batch's keys after the loss. v2 = v1 + MLP head, the SimCLR
+augmentation with blur, τ = 0.2 (the cosine learning-rate schedule is the engine's default for every method).
+
+Batch-norm leakage. Keys and queries of the same batch share BN statistics, which lets the model tell the
+current keys from the queue's without learning anything (MoCo §3.3). MoCo shuffles the key batch across GPUs. On
+one device we emulate that: both encoders run on ``bn_splits`` groups of the batch, each group normalised with
+its own statistics, and the keys' groups are drawn after a random permutation, so a query and its key are
+normalised with statistics of different sets of images (the "SplitBatchNorm" of the authors' CIFAR demo).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..components.base import StepContext
+from ..components.ema import EMATeacher
+from ..components.queue import FeatureQueue
+from ..components.schedules import Cosine
+from ..config import ConfigError
+from ..heads.mlp import projection_head
+from ..losses.contrastive import info_nce
+from .base import Method, MethodOutput, ViewBatch, register_method
+
+
+def momentum_schedule(start: float, end: float | None) -> float | Cosine:
+    """Constant ``start`` (MoCo v1/v2) or a half-cosine from ``start`` to ``end`` over training (MoCo v3, BYOL)."""
+    return start if end is None else Cosine(start, end)
+
+
+def check_momentum(value: float | None, name: str) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1], got {value}")
+
+
+def check_positive_temperature(value: float, name: str = "method.temperature") -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+def forward_in_splits(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, splits: int,
+                      perm: torch.Tensor | None = None) -> torch.Tensor:
+    """``fn`` applied to ``splits`` equal groups of ``x`` (B, ...) so that BN layers see each group alone.
+
+    With ``perm`` (B,) the groups are formed from ``x[perm]`` and the outputs are put back in the original order.
+    """
+    if perm is not None:
+        x = x[perm]
+    out = fn(x) if splits == 1 else torch.cat([fn(c) for c in x.chunk(splits)])
+    if perm is not None:
+        out = out[perm.argsort()]
+    return out
+
+
+@dataclass
+class MoCoConfig:
+    temperature: float = 0.07
+    queue_size: int = 65536  # K; a multiple of the keys pushed per step (the batch, twice it when symmetric)
+    momentum: float = 0.999
+    momentum_end: float | None = None  # None: constant momentum; else a cosine from `momentum` to this
+    proj_dim: int = 128
+    proj_hidden_dim: int = 512
+    proj_layers: int = 1  # 1: MoCo v1's linear projection; 2: MoCo v2's MLP
+    bn_splits: int = 8  # single-device stand-in for shuffled BN (1: off)
+    symmetric: bool = False  # also contrast view 2's query with view 1's key (the CIFAR demo's choice)
+    mask_same_image: bool = True  # never use a queued key of the query's own image as a negative
+
+    def validate(self) -> None:
+        check_positive_temperature(self.temperature)
+        if self.queue_size < 1:
+            raise ConfigError(f"method.queue_size must be >= 1, got {self.queue_size}")
+        check_momentum(self.momentum, "method.momentum")
+        check_momentum(self.momentum_end, "method.momentum_end")
+        if self.proj_layers < 1:
+            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+        if self.bn_splits < 1:
+            raise ConfigError(f"method.bn_splits must be >= 1, got {self.bn_splits}")
+
+
+@dataclass
+class MoCoV2Config(MoCoConfig):
+    temperature: float = 0.2
+    proj_layers: int = 2
+
+
+@register_method("moco-v1", help="MoCo v1: momentum key encoder + queue of 65,536 keys, linear head (He et al. 2020)")
+class MoCo(Method):
+    """The query backbone is evaluated; the key encoder and the projection head are training-only."""
+
+    Config = MoCoConfig
+    default_augment = "moco-v1"
+    base_lr = 0.03  # SGD at batch 256, as in the paper
+    default_weight_decay = 1e-4
+    test_overrides = {"queue_size": 64, "bn_splits": 2}
+
+    def __init__(self, backbone, cfg: MoCoConfig | None = None, **kw) -> None:
+        super().__init__(backbone, cfg, **kw)
+        c = self.cfg
+        self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers,
+                                         norm=None)
+        self.key_encoder = EMATeacher(nn.Sequential(backbone, self.projector),
+                                      momentum_schedule(c.momentum, c.momentum_end))
+        self.queue = FeatureQueue(c.queue_size, c.proj_dim)
+        if not c.mask_same_image and 0 < self.num_train < c.queue_size:
+            warnings.warn(f"method.queue_size ({c.queue_size}) exceeds the {self.num_train} training images: the "
+                          "queue holds older keys of each query's own image as negatives; set "
+                          "method.mask_same_image=true or a smaller queue")
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """The queue is filled in whole batches and BN groups must be equal: raise a ConfigError naming the option."""
+        c = self.cfg
+        pushed = batch_size * (2 if c.symmetric else 1)
+        if c.queue_size % pushed:
+            what = "twice the batch size (symmetric loss)" if c.symmetric else "the batch size"
+            raise ConfigError(f"method.queue_size ({c.queue_size}) must be a multiple of {what} ({pushed})")
+        if batch_size % c.bn_splits or batch_size // c.bn_splits < 2:
+            raise ConfigError(f"method.bn_splits ({c.bn_splits}) must divide the batch size ({batch_size}) into "
+                              "groups of at least 2 images")
+
+    def _query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = forward_in_splits(self.backbone, x, self.cfg.bn_splits)
+        return F.normalize(self.projector(h), dim=1), h
+
+    @torch.no_grad()
+    def _key(self, x: torch.Tensor) -> torch.Tensor:
+        perm = torch.randperm(x.shape[0], device=x.device) if self.cfg.bn_splits > 1 else None
+        return F.normalize(forward_in_splits(self.key_encoder, x, self.cfg.bn_splits, perm), dim=1)
+
+    def _contrast(self, q: torch.Tensor, k: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """InfoNCE of q (B, D) over k⁺ and the queue's keys: one logit matrix against [B current keys | queue].
+
+        Masked out: the B − 1 other current keys (MoCo contrasts with the queue only) except while the queue is
+        still empty, i.e. at the first step, when they are the only negatives; the queue rows not yet written
+        (MoCo leaves random vectors there, easy negatives that only add noise); and, with mask_same_image, queued
+        keys of the query's own image.
+        """
+        b, queue = q.shape[0], self.queue
+        keys = torch.cat([k.float(), queue.rows])
+        empty = queue.filled == 0
+        others = ~torch.eye(b, dtype=torch.bool, device=q.device) & ~empty
+        unwritten = torch.arange(queue.size, device=q.device) >= queue.filled
+        queue_mask = unwritten[None, :].expand(b, -1)
+        if self.cfg.mask_same_image and index is not None:
+            queue_mask = queue_mask | (queue.ids[None, :] == index[:, None])
+        mask = torch.cat([others, queue_mask], dim=1)
+        positive = torch.arange(b, device=q.device)
+        return info_nce(q.float(), keys, positive, self.cfg.temperature, mask=mask)
+
+    def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
+        if len(batch.views) != 2:
+            raise ValueError(f"{self.method_name()} expects 2 views, got {len(batch.views)} (augment.n_views)")
+        x1, x2 = batch.views
+        self.check_batch_size(x1.shape[0])
+        q1, h1 = self._query(x1)
+        k2 = self._key(x2)
+        loss = self._contrast(q1, k2, batch.index)
+        keys, ids = k2, batch.index
+        if self.cfg.symmetric:
+            q2, _ = self._query(x2)
+            k1 = self._key(x1)
+            loss = 0.5 * (loss + self._contrast(q2, k1, batch.index))
+            keys = torch.cat([k2, k1])
+            ids = torch.cat([batch.index, batch.index]) if batch.index is not None else None
+        self.queue.push(keys, ids)  # after the loss: the current keys are not their own negatives
+        logs = {"pos_cos": (q1.detach().float() * k2.float()).sum(1).mean()}
+        return MethodOutput(loss=loss, logs=logs, embedding=h1.detach())
+
+
+@register_method("moco-v2", help="MoCo v2: MoCo v1 + MLP head, blur augmentation, τ 0.2 (Chen et al. 2020)")
+class MoCoV2(MoCo):
+    Config = MoCoV2Config
+    default_augment = "moco-v2"

@@ -1,0 +1,107 @@
+"""NPID / InstDisc (Wu, Xiong, Yu & Lin 2018, "Unsupervised Feature Learning via Non-Parametric Instance Discrimination").
+
+Every training image is its own class. A memory bank holds one L2-normalised 128-d feature v_i per image; the
+non-parametric softmax ``P(i | f) = exp(v_i·f/τ) / Σ_j exp(v_j·f/τ)`` over all n images is approximated with m
+negatives drawn uniformly from the bank (never the image itself), either by
+
+- ``loss=nce`` (the paper, eq. 5-6): binary NCE, data vs. noise, with the normaliser Z estimated by Monte Carlo
+  on the first step and then held fixed (a buffer, so resumed runs keep it);
+- ``loss=softmax``: cross-entropy over the positive and the m negatives (the "NCE-softmax" of later work).
+
+After each optimizer step the bank moves towards the batch's features with momentum 0.5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..components.base import StepContext
+from ..components.memory_bank import MemoryBank
+from ..config import ConfigError
+from ..heads.mlp import projection_head
+from ..losses.contrastive import info_nce, nce_log_norm, nce_loss
+from .base import Method, MethodOutput, ViewBatch, register_method
+from .moco import check_positive_temperature
+
+BANK_LOSSES = ("nce", "softmax")
+
+
+def check_bank_options(loss: str, num_negatives: int, bank_momentum: float) -> None:
+    if loss not in BANK_LOSSES:
+        raise ConfigError(f"method.loss must be one of {', '.join(BANK_LOSSES)}, got '{loss}'")
+    if num_negatives < 1:
+        raise ConfigError(f"method.num_negatives must be >= 1, got {num_negatives}")
+    if not 0.0 <= bank_momentum < 1.0:
+        raise ConfigError(f"method.bank_momentum must be in [0, 1), got {bank_momentum}")
+
+
+class BankLoss(torch.nn.Module):
+    """L(m, x): x (B, D) must match its bank row against negatives drawn from the bank; ``keys`` (B, 1 + K, D)
+    holds the bank row in column 0 and the K negatives after it (:meth:`MemoryBank.positives_and_negatives`).
+
+    Holds NCE's log-normaliser ``c = log(m·Z/n)``: −inf until the first step estimates it, then fixed (Wu et al.).
+    """
+
+    def __init__(self, loss: str, temperature: float) -> None:
+        super().__init__()
+        self.loss, self.temperature = loss, temperature
+        self.register_buffer("log_norm", torch.tensor(float("-inf")))
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x.float(), dim=1)
+        if self.loss == "softmax":
+            target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            return info_nce(x, keys, target, self.temperature)
+        logits = torch.einsum("bd,bkd->bk", x, keys) / self.temperature
+        if self.training:  # estimate Z once, from the first batch's noise samples
+            self.log_norm.copy_(torch.where(torch.isinf(self.log_norm), nce_log_norm(logits[:, 1:]), self.log_norm))
+        return nce_loss(logits[:, 0], logits[:, 1:], self.log_norm)
+
+
+@dataclass
+class NPIDConfig:
+    temperature: float = 0.07
+    num_negatives: int = 4096
+    bank_momentum: float = 0.5
+    loss: str = "softmax"  # softmax (NCE-softmax: CE over 1 + K) | nce (the paper's binary NCE)
+    proj_dim: int = 128
+    proj_hidden_dim: int = 512
+    proj_layers: int = 1  # the paper's linear 128-d embedding
+
+    def validate(self) -> None:
+        check_positive_temperature(self.temperature)
+        check_bank_options(self.loss, self.num_negatives, self.bank_momentum)
+        if self.proj_layers < 1:
+            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+
+
+@register_method("npid", help="NPID/InstDisc: instance discrimination, memory-bank negatives (Wu et al. 2018)")
+class NPID(Method):
+    """One view per image; the backbone is evaluated, the 128-d embedding and the bank are training-only."""
+
+    Config = NPIDConfig
+    default_augment = "instdisc"
+    base_lr = 0.03
+    default_weight_decay = 5e-4  # the paper's value
+    test_overrides = {"num_negatives": 16}
+
+    def __init__(self, backbone, cfg: NPIDConfig | None = None, **kw) -> None:
+        super().__init__(backbone, cfg, **kw)
+        c = self.cfg
+        self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers)
+        self.bank = MemoryBank(self.num_train, c.proj_dim, c.bank_momentum, owner="npid")
+        self.criterion = BankLoss(c.loss, c.temperature)
+
+    def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
+        if len(batch.views) != 1:
+            raise ValueError(f"npid expects 1 view, got {len(batch.views)} (augment.n_views)")
+        if batch.index is None:
+            raise ValueError("npid needs the images' dataset indices (ViewBatch.index) to address its memory bank")
+        h = self.backbone(batch.views[0])
+        f = F.normalize(self.projector(h), dim=1)
+        idx = batch.index
+        loss = self.criterion(f, self.bank.positives_and_negatives(idx, self.cfg.num_negatives))
+        self.bank.stage(idx, f)
+        return MethodOutput(loss=loss, embedding=h.detach())

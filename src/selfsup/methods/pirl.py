@@ -1,0 +1,95 @@
+"""PIRL (Misra & van der Maaten 2020, "Self-Supervised Learning of Pretext-Invariant Representations").
+
+The representation of an image I should not change when I is cut into a 3×3 jigsaw and shuffled. Two heads on
+one shared backbone:
+
+- f(v_I): backbone(I) → linear → 128-d;
+- g(v_It): each of the 9 shuffled tiles → backbone → linear → 128-d, the 9 concatenated in their shuffled order
+  → linear → 128-d.
+
+A memory bank holds m_I, a momentum-0.5 average of f(v_I), and supplies negatives m_I' (I' ≠ I). The loss is
+``λ·L(m_I, g(v_It)) + (1 − λ)·L(m_I, f(v_I))`` with λ = 0.5 (eq. 5), L being NCE against the bank (eq. 4) or
+its softmax form. The first view of the pipeline is I; the jigsaw is cut from the second, separately augmented
+view (the paper also augments each tile on its own; here the tiles share their view's augmentation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..augment.jigsaw import jigsaw_tiles, permute_tiles, random_permutations
+from ..components.base import StepContext
+from ..components.memory_bank import MemoryBank
+from ..config import ConfigError
+from ..heads.mlp import mlp
+from .base import Method, MethodOutput, ViewBatch, register_method
+from .moco import check_positive_temperature
+from .npid import BankLoss, check_bank_options
+
+
+@dataclass
+class PIRLConfig:
+    temperature: float = 0.07
+    num_negatives: int = 4096  # the paper draws 32,000
+    bank_momentum: float = 0.5
+    loss: str = "softmax"  # softmax (NCE-softmax: CE over 1 + K) | nce (the paper's binary NCE)
+    lambda_jigsaw: float = 0.5  # λ: weight of the jigsaw term, 1 − λ goes to the image term
+    proj_dim: int = 128
+    grid: int = 3
+
+    def validate(self) -> None:
+        check_positive_temperature(self.temperature)
+        check_bank_options(self.loss, self.num_negatives, self.bank_momentum)
+        if not 0.0 <= self.lambda_jigsaw <= 1.0:
+            raise ConfigError(f"method.lambda_jigsaw must be in [0, 1], got {self.lambda_jigsaw}")
+        if self.grid < 2:
+            raise ConfigError(f"method.grid must be >= 2, got {self.grid}")
+
+
+@register_method("pirl", help="PIRL: invariance to a 3x3 jigsaw, memory-bank negatives (Misra & van der Maaten 2020)")
+class PIRL(Method):
+    """The shared backbone is evaluated; heads f, g and the memory bank are training-only."""
+
+    Config = PIRLConfig
+    default_augment = "moco-v1"  # PIRL uses the InstDisc augmentation for I
+    base_lr = 0.03
+    default_weight_decay = 1e-4
+    test_overrides = {"num_negatives": 16}
+
+    def __init__(self, backbone, cfg: PIRLConfig | None = None, **kw) -> None:
+        super().__init__(backbone, cfg, **kw)
+        c = self.cfg
+        d = backbone.num_features
+        self.head_f = mlp([d, c.proj_dim], norm=None)
+        self.head_tile = mlp([d, c.proj_dim], norm=None)
+        self.head_g = mlp([c.grid * c.grid * c.proj_dim, c.proj_dim], norm=None)
+        self.bank = MemoryBank(self.num_train, c.proj_dim, c.bank_momentum, owner="pirl")
+        self.criterion = BankLoss(c.loss, c.temperature)
+
+    def jigsaw_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """g(v_It) for images x (B, C, H, W): tiles shuffled per sample, encoded one by one, then combined."""
+        b, g = x.shape[0], self.cfg.grid
+        tiles = jigsaw_tiles(x, g)  # (B, g², C, h, w)
+        tiles = permute_tiles(tiles, random_permutations(b, g * g, device=x.device))
+        z = self.head_tile(self.backbone(tiles.flatten(0, 1)))  # (B·g², proj_dim)
+        return self.head_g(z.reshape(b, -1))
+
+    def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
+        if len(batch.views) != 2:
+            raise ValueError(f"pirl expects 2 views (image, jigsaw source), got {len(batch.views)} (augment.n_views)")
+        if batch.index is None:
+            raise ValueError("pirl needs the images' dataset indices (ViewBatch.index) to address its memory bank")
+        x, x_jig = batch.views
+        h = self.backbone(x)
+        f = F.normalize(self.head_f(h), dim=1)
+        g = F.normalize(self.jigsaw_embedding(x_jig), dim=1)
+        idx = batch.index
+        keys = self.bank.positives_and_negatives(idx, self.cfg.num_negatives)  # m_I and the same negatives for both
+        lam = self.cfg.lambda_jigsaw
+        loss_jig, loss_img = self.criterion(g, keys), self.criterion(f, keys)
+        self.bank.stage(idx, f)
+        return MethodOutput(loss=lam * loss_jig + (1 - lam) * loss_img,
+                            logs={"loss_jigsaw": loss_jig.detach(), "loss_image": loss_img.detach()},
+                            embedding=h.detach())
