@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/selfsup demo --out runs/demo --overwrite
 
 test: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -q
 
 bench: install
 	$(BIN)/python benchmarks/pretrain_cifar10.py
