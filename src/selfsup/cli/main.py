@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="pretrain an encoder without labels")
     add_run_flags(pt)
     pt.add_argument("--out", required=True, help="run directory")
-    pt.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    pt.add_argument("--resume", nargs="?", const="auto", default=None, choices=["auto"],
+                    help="continue the run in --out from its newest readable checkpoint (a damaged one is skipped "
+                         "with a warning); starts fresh when --out has no checkpoint yet. `--resume` = `--resume auto`")
     pt.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     pt.add_argument("--quiet", action="store_true")
     pt.set_defaults(fn=cmd_pretrain)
