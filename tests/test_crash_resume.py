@@ -24,8 +24,8 @@ from selfsup.engine.rundir import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("images_per_s", "time_s")
-STEPS = 48  # 64 images / batch 8 = 8 steps per epoch, 6 epochs
-KILLS = 12
+STEPS = 64  # 64 images / batch 8 = 8 steps per epoch, 8 epochs
+KILLS = 16  # kills after a chosen step (+ a random delay); a few more land at random times during start-up
 
 
 def child_env() -> dict[str, str]:
@@ -80,8 +80,10 @@ class Zygote:
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())["pid"]
 
-    def wait(self) -> int:
-        """The ended child's exit code (negative: killed by that signal)."""
+    def wait(self, kill: bool = False) -> int:
+        """SIGKILL the child first when ``kill``; its exit code (negative: killed by that signal)."""
+        self.proc.stdin.write(json.dumps({"end": "kill" if kill else "wait"}) + "\n")
+        self.proc.stdin.flush()
         status = json.loads(self.proc.stdout.readline())["status"]
         return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
@@ -122,33 +124,37 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(tmp_pat
         assert zyg.wait() == 0, (tmp_path / "ref.log").read_text()
 
         targets = sorted(rng.sample(range(1, STEPS - 8), KILLS))
-        kills, loads, seen, segments = 0, 0, set(), 0
+        kills, early_kills, loads, seen, segments = 0, 0, 0, set(), 0
         while True:
             segments += 1
-            assert segments <= KILLS + 5, "the run makes no progress across restarts"
+            assert segments <= 2 * KILLS + 5, "the run makes no progress across restarts"
             pid = zyg.start(train_argv(data, run) + ["--resume"], tmp_path / "run.log")
-            target = max(targets[kills], last_step(run) + 1) if kills < len(targets) else None
-            if target is None:
+            if kills >= len(targets):
                 rc = zyg.wait()
                 assert rc == 0, (tmp_path / "run.log").read_text()
                 break
-            # wait until the child has logged the target step, then kill after a random delay: the kill lands
-            # while it logs, writes or renames a checkpoint, or computes the next step
-            deadline = time.monotonic() + 60
-            while zyg.running(pid) and last_step(run) < target and time.monotonic() < deadline:
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.06))
-            os.kill(pid, signal.SIGKILL)
-            rc = zyg.wait()
+            if rng.random() < 0.25:
+                # a random moment of start-up: building the model, loading the checkpoint, truncating metrics
+                time.sleep(rng.uniform(0.0, 0.3))
+                early_kills += 1
+            else:
+                # after the target step is logged, plus a random delay: the kill lands while the child logs,
+                # writes or renames a checkpoint, or computes the next step
+                target = max(targets[kills], last_step(run) + 1)
+                deadline = time.monotonic() + 60
+                while zyg.running(pid) and last_step(run) < target and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0.0, 0.06))
+                kills += 1
+            rc = zyg.wait(kill=True)
             if rc == 0:  # it finished before the kill landed
                 break
             assert rc == -signal.SIGKILL, (tmp_path / "run.log").read_text()
-            kills += 1
             loads += verify_checkpoints(run, seen)
     finally:
         zyg.close()
 
-    assert kills >= 10, f"only {kills} kills landed"
+    assert kills >= 10, f"only {kills} kills landed during training"
     loads += verify_checkpoints(run, seen)
     # same final state, bit for bit, as the run that was never interrupted
     a = load_checkpoint(list_checkpoints(ref)[0])
@@ -164,7 +170,8 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(tmp_pat
     assert [r["step"] for r in curve] == list(range(1, STEPS + 1))
     assert curve == without_timing(metrics(ref))
     assert not list((run / "checkpoints").glob(".*.tmp")), "temp files of cut saves are cleaned on resume"
-    print(f"\ncrash test: {kills} SIGKILLs survived, {loads} checkpoint loads verified ({len(seen)} distinct files)")
+    print(f"\ncrash test: {kills} SIGKILLs during training + {early_kills} during start-up survived, "
+          f"{loads} checkpoint loads verified ({len(seen)} distinct files)")
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
