@@ -261,8 +261,9 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool | str = False, ove
                         rec["skipped_steps"] = skipped
                     logger.log(rec)
                     logger.progress(rec)
-                    loss_sum.zero_()
-                    loss_count, t_window, imgs_window = 0, now, 0
+                    if step % t.log_every == 0 or step >= total_steps:  # a max_steps stop leaves the window open
+                        loss_sum.zero_()  # (its partial sum is checkpointed, so a resume logs the same average)
+                        loss_count, t_window, imgs_window = 0, now, 0
                 if step - start_step == 5:
                     t_calib = time.perf_counter()  # after compilation and first-step allocations
                 if not calibrated and step - start_step >= 25:
