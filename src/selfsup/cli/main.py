@@ -8,6 +8,7 @@ import warnings
 from typing import Sequence
 
 from .config_args import add_run_flags, config_from_args, preset_names
+from .export import add_parser as add_export_parser
 
 
 
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list methods, backbones, datasets, protocols and presets")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(fn=cmd_list)
+    add_export_parser(sub)
     return p
 
 
