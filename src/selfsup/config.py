@@ -195,7 +195,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     if unknown:
         where = prefix.rstrip(".") or "config"
         raise ConfigError(
-            f"unknown key '{prefix}{unknown[0]}' in {where}; valid keys: {', '.join(names)}"
+            f"unknown key {prefix + str(unknown[0])!r} in {where}; valid keys: {', '.join(names)}"
         )
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -237,7 +237,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], method_fields: li
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         key, _, text = item.partition("=")
         key = key.strip()
         parts = key.split(".")
@@ -246,16 +246,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], method_fields: li
                 parts = ["method", key]
             else:
                 raise ConfigError(
-                    f"unknown config key '{key}' in --set; sections: {', '.join(SECTIONS)}"
+                    f"unknown config key {key!r} in --set; sections: {', '.join(SECTIONS)}"
                     + (f"; method keys: {', '.join(method_fields)}" if method_fields else "")
                 )
         if len(parts) != 2:
-            raise ConfigError(f"--set key must be section.key, got '{key}'")
+            raise ConfigError(f"--set key must be section.key, got {key!r}")
         section = out.setdefault(parts[0], {})
         if isinstance(section, str) and parts[0] == "method":  # "method: simclr" shorthand
             section = out["method"] = {"name": section}
         if not isinstance(section, dict):
-            raise ConfigError(f"cannot set '{key}': '{parts[0]}' is {section!r}, not a mapping")
+            raise ConfigError(f"cannot set {key!r}: '{parts[0]}' is {section!r}, not a mapping")
         section[parts[1]] = parse_value(text)
     return out
 

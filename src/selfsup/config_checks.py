@@ -49,7 +49,7 @@ def _unit(key: str, v: Any, *, open_low: bool = False, open_high: bool = False) 
 
 def _choice(key: str, v: str, choices: tuple[str, ...]) -> None:
     if v not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got '{v}'")
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {v!r}")
 
 
 def check_run_config(cfg: RunConfig) -> RunConfig:
@@ -87,7 +87,7 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
     _positive("train.time_limit_min", t.time_limit_min, optional=True)
     _at_least("train.batch_size", t.batch_size, 2)
     if not DEVICE.match(t.device):
-        raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got '{t.device}'")
+        raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
     _choice("train.precision", t.precision, ("auto", "fp32", "bf16"))
     _positive("train.grad_clip", t.grad_clip, optional=True)
     _at_least("train.log_every", t.log_every, 1)
