@@ -202,3 +202,50 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert metrics(run)[-1]["step"] == ck["step"]
     run_json = json.loads((run / "run.json").read_text())
     assert run_json["stopped"] == "interrupted" and run_json["signal"] == "SIGTERM"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_in_process_stops_at_the_step_boundary(tmp_path, monkeypatch, sig):
+    """The handler only records the signal: the step in progress completes, is checkpointed, the run returns,
+    and the previous handlers are restored."""
+    from conftest import make_blobs
+    from test_resume_registry import tiny_config
+
+    from selfsup.engine.trainer import pretrain
+    from selfsup.methods.simclr import SimCLR
+
+    original = SimCLR.forward
+
+    def forward(self, batch, ctx=None):
+        if ctx is not None and ctx.step == 2:
+            os.kill(os.getpid(), sig)  # arrives in the middle of step 2 (0-based)
+        return original(self, batch, ctx)
+
+    monkeypatch.setattr(SimCLR, "forward", forward)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    res = pretrain(tiny_config("simclr", epochs=4), tmp_path / "run", data=make_blobs(n=32, size=16), quiet=True)
+    assert res.stopped == "interrupted" and res.steps == 3
+    assert load_checkpoint(list_checkpoints(tmp_path / "run")[0])["step"] == 3
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_second_ctrl_c_stops_at_once_without_saving_a_half_step(tmp_path, monkeypatch):
+    from conftest import make_blobs
+    from test_resume_registry import tiny_config
+
+    from selfsup.engine.trainer import pretrain
+    from selfsup.methods.simclr import SimCLR
+
+    original = SimCLR.forward
+
+    def forward(self, batch, ctx=None):
+        if ctx is not None and ctx.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the second raises KeyboardInterrupt inside the step
+        return original(self, batch, ctx)
+
+    monkeypatch.setattr(SimCLR, "forward", forward)
+    res = pretrain(tiny_config("simclr", epochs=4, checkpoint_every=1), tmp_path / "run",
+                   data=make_blobs(n=32, size=16), quiet=True)
+    assert res.stopped == "interrupted" and res.steps == 2
+    assert load_checkpoint(list_checkpoints(tmp_path / "run")[0])["step"] == 2  # step 2 was cut: not saved

@@ -29,6 +29,12 @@ def tiny_run(tmp_path, backbone="resnet18", width=1.0, cifar_stem=True, channels
     return run
 
 
+@pytest.fixture(scope="module")
+def resnet18_run(tmp_path_factory):
+    """One tiny width-1 ResNet-18 run shared by the format tests (a full-width step is the slow part)."""
+    return tiny_run(tmp_path_factory.mktemp("export"))
+
+
 def torchvision_resnet18(cifar_stem: bool) -> nn.Module:
     m = torchvision.models.resnet18(weights=None)
     if cifar_stem:
@@ -43,10 +49,10 @@ def our_backbone(run):
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])
-def test_export_loads_into_torchvision_with_the_same_features(tmp_path, fmt):
+def test_export_loads_into_torchvision_with_the_same_features(tmp_path, resnet18_run, fmt):
     if fmt == "safetensors":
         pytest.importorskip("safetensors")
-    run = tiny_run(tmp_path)
+    run = resnet18_run
     path = export_backbone(run, fmt, tmp_path / f"bb.{fmt}")
     if fmt == "safetensors":
         from safetensors.torch import load_file
