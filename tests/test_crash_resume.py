@@ -113,49 +113,65 @@ def verify_checkpoints(run: Path, seen: set[str]) -> int:
     return n
 
 
+def kill_round(zyg: Zygote, data: Path, run: Path, log: Path, rng: random.Random, step_s: float) -> dict:
+    """Train ``run`` to the end through repeated SIGKILL + ``--resume``; returns what happened."""
+    targets = sorted(rng.sample(range(1, STEPS - 8), KILLS))
+    stats = {"kills": 0, "early_kills": 0, "loads": 0, "seen": set()}
+    for _ in range(2 * KILLS + 5):
+        pid = zyg.start(train_argv(data, run) + ["--resume"], log)
+        if stats["kills"] >= len(targets):
+            assert zyg.wait() == 0, log.read_text()
+            return stats
+        if rng.random() < 0.25:
+            # a random moment of start-up: building the model, loading the checkpoint, truncating metrics
+            time.sleep(rng.uniform(0.0, 0.3))
+            kind = "early_kills"
+        else:
+            # after the target step is logged, plus a random delay of up to about one step: the kill lands while
+            # the child logs, writes or renames a checkpoint, or computes the next step
+            target = max(targets[stats["kills"]], last_step(run) + 1)
+            deadline = time.monotonic() + 60
+            while zyg.running(pid) and last_step(run) < target and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, step_s))
+            kind = "kills"
+        rc = zyg.wait(kill=True)
+        if rc == 0:  # it finished before the kill landed
+            return stats
+        stats[kind] += 1
+        assert rc == -signal.SIGKILL, log.read_text()
+        stats["loads"] += verify_checkpoints(run, stats["seen"])
+    raise AssertionError("the run makes no progress across restarts")
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(tmp_path):
     rng = random.Random(int(os.environ.get("SELFSUP_CRASH_SEED", "0")))
     data = write_tiny_npz(tmp_path / "tiny.npz")
-    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref = tmp_path / "ref"
     zyg = Zygote()
+    rounds = []
     try:
         zyg.start(train_argv(data, ref), tmp_path / "ref.log")
         assert zyg.wait() == 0, (tmp_path / "ref.log").read_text()
-
-        targets = sorted(rng.sample(range(1, STEPS - 8), KILLS))
-        kills, early_kills, loads, seen, segments = 0, 0, 0, set(), 0
-        while True:
-            segments += 1
-            assert segments <= 2 * KILLS + 5, "the run makes no progress across restarts"
-            pid = zyg.start(train_argv(data, run) + ["--resume"], tmp_path / "run.log")
-            if kills >= len(targets):
-                rc = zyg.wait()
-                assert rc == 0, (tmp_path / "run.log").read_text()
-                break
-            if rng.random() < 0.25:
-                # a random moment of start-up: building the model, loading the checkpoint, truncating metrics
-                time.sleep(rng.uniform(0.0, 0.3))
-                early_kills += 1
-            else:
-                # after the target step is logged, plus a random delay: the kill lands while the child logs,
-                # writes or renames a checkpoint, or computes the next step
-                target = max(targets[kills], last_step(run) + 1)
-                deadline = time.monotonic() + 60
-                while zyg.running(pid) and last_step(run) < target and time.monotonic() < deadline:
-                    time.sleep(0.002)
-                time.sleep(rng.uniform(0.0, 0.06))
-                kills += 1
-            rc = zyg.wait(kill=True)
-            if rc == 0:  # it finished before the kill landed
-                break
-            assert rc == -signal.SIGKILL, (tmp_path / "run.log").read_text()
-            loads += verify_checkpoints(run, seen)
+        times = [r["time_s"] for r in metrics(ref)]
+        step_s = (times[-1] - times[0]) / (len(times) - 1)
+        # a load spike can let the child run past several targets; another round then adds the missing kills
+        while sum(r["kills"] for r in rounds) < 10 and len(rounds) < 3:
+            run = tmp_path / f"run{len(rounds)}"
+            rounds.append(kill_round(zyg, data, run, tmp_path / "run.log", rng, step_s))
+            rounds[-1]["loads"] += verify_checkpoints(run, rounds[-1]["seen"])
+            check_same_as_reference(ref, run)
     finally:
         zyg.close()
+    kills = sum(r["kills"] for r in rounds)
+    assert kills >= 10, f"only {kills} kills landed during training in {len(rounds)} rounds"
+    print(f"\ncrash test: {kills} SIGKILLs during training + {sum(r['early_kills'] for r in rounds)} during "
+          f"start-up survived in {len(rounds)} round(s), {sum(r['loads'] for r in rounds)} checkpoint loads "
+          f"verified ({sum(len(r['seen']) for r in rounds)} distinct files)")
 
-    assert kills >= 10, f"only {kills} kills landed during training"
-    loads += verify_checkpoints(run, seen)
+
+def check_same_as_reference(ref: Path, run: Path) -> None:
     # same final state, bit for bit, as the run that was never interrupted
     a = load_checkpoint(list_checkpoints(ref)[0])
     b = load_checkpoint(list_checkpoints(run)[0])
@@ -170,8 +186,6 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(tmp_pat
     assert [r["step"] for r in curve] == list(range(1, STEPS + 1))
     assert curve == without_timing(metrics(ref))
     assert not list((run / "checkpoints").glob(".*.tmp")), "temp files of cut saves are cleaned on resume"
-    print(f"\ncrash test: {kills} SIGKILLs during training + {early_kills} during start-up survived, "
-          f"{loads} checkpoint loads verified ({len(seen)} distinct files)")
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):

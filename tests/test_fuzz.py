@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from selfsup.augment import ops  # noqa: E402
@@ -29,7 +30,8 @@ from selfsup.data import DataError, load_dataset  # noqa: E402
 from selfsup.data.npz import load_npz  # noqa: E402
 from selfsup.registry import UnknownNameError  # noqa: E402
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+# 40 examples per property in the suite; SELFSUP_FUZZ_EXAMPLES=500 for a longer soak
+FUZZ = settings(max_examples=int(os.environ.get("SELFSUP_FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.function_scoped_fixture])
 EPS = 1e-5
 

@@ -15,7 +15,7 @@ from typing import Any
 
 
 class StopOnSignal:
-    """Context manager: ``with StopOnSignal() as stop: ... if stop.received: save and break``."""
+    """``with StopOnSignal() as stop: ... if stop.received: save and break`` (or ``install()`` / ``restore()``)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -28,14 +28,20 @@ class StopOnSignal:
             raise KeyboardInterrupt  # second Ctrl-C: stop now
         self.received = signal.Signals(signum).name
 
-    def __enter__(self) -> "StopOnSignal":
+    def install(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
             for s in self.SIGNALS:
                 self._previous[s] = signal.getsignal(s)
                 signal.signal(s, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def restore(self) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         self._previous.clear()
+
+    def __enter__(self) -> "StopOnSignal":
+        return self.install()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()

@@ -24,7 +24,7 @@ from ..data import ImageDataset, load_dataset
 from ..methods.base import Method, ViewBatch, build_method
 from .checkpoint import save_checkpoint
 from .logging import MetricsLogger
-from .nonfinite import KIND, LOSS, bad_code, grad_norm
+from .nonfinite import KIND, bad_code, grad_norm
 from .optim import build_optimizer
 from .rundir import (checkpoint_path, prepare_run_dir, prune_checkpoints, truncate_metrics,
                      write_config, write_json)
@@ -196,7 +196,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool | str = False, ove
                 "try a lower optim.lr or train.grad_clip, or train.nan_policy=skip")
 
     mid_step = False
-    stop = StopOnSignal().__enter__()
+    stop = StopOnSignal().install()  # restored in the finally below
     last_loss = float("nan")
     stopped = "done"
     t_start = time.perf_counter()
@@ -299,7 +299,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool | str = False, ove
         stopped = "interrupted"
     finally:
         logger.close()
-        stop.__exit__()
+        stop.restore()
     if int(first_bad) < 0 and not mid_step:  # a step cut half-way is not saved: the last checkpoint stays
         save(step)
     if stopped == "interrupted" and not quiet:
