@@ -218,7 +218,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert run_json["stopped"] == "interrupted" and run_json["signal"] == "SIGTERM"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_in_process_stops_at_the_step_boundary(tmp_path, monkeypatch, sig):
     """The handler only records the signal: the step in progress completes, is checkpointed, the run returns,
     and the previous handlers are restored."""
