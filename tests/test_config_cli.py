@@ -193,9 +193,12 @@ def test_pretrain_then_refuse_second_run_unless_resume_or_overwrite(tiny_npz, tm
     assert_user_error(rc, capsys, "unknown evaluator 'nope'", "knn", "linear")
 
 
-def test_resume_without_a_checkpoint_is_a_user_error(tiny_npz, tmp_path, capsys):
+def test_resume_without_a_checkpoint_starts_fresh(tiny_npz, tmp_path, capsys):
+    """``--resume`` means ``--resume auto``: a requeued job whose first attempt died before any checkpoint
+    starts from scratch instead of failing (issue 10)."""
     rc = main(pretrain_args(tiny_npz, tmp_path / "fresh", "--resume"))
-    assert_user_error(rc, capsys, "no checkpoint found")
+    assert rc == 0
+    assert list((tmp_path / "fresh" / "checkpoints").glob("step-*.pt"))
 
 
 def test_batch_size_larger_than_the_dataset(tiny_npz, tmp_path, capsys):

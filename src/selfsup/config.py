@@ -188,6 +188,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and coercing values to the field types."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping of keys, got {data!r}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -195,7 +197,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     if unknown:
         where = prefix.rstrip(".") or "config"
         raise ConfigError(
-            f"unknown key '{prefix}{unknown[0]}' in {where}; valid keys: {', '.join(names)}"
+            f"unknown key {prefix + str(unknown[0])!r} in {where}; valid keys: {', '.join(names)}"
         )
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -242,7 +244,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], method_fields: li
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         key, _, text = item.partition("=")
         key = key.strip()
         parts = key.split(".")
@@ -251,12 +253,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], method_fields: li
                 parts = ["method", key]
             else:
                 raise ConfigError(
-                    f"unknown config key '{key}' in --set; sections: {', '.join(SECTIONS)}"
+                    f"unknown config key {key!r} in --set; sections: {', '.join(SECTIONS)}"
                     + (f"; method keys: {', '.join(method_fields)}" if method_fields else "")
                 )
         if len(parts) != 2:
-            raise ConfigError(f"--set key must be section.key, got '{key}'")
-        out.setdefault(parts[0], {})[parts[1]] = parse_value(text)
+            raise ConfigError(f"--set key must be section.key, got {key!r}")
+        section = out.setdefault(parts[0], {})
+        if isinstance(section, str) and parts[0] == "method":  # "method: simclr" shorthand
+            section = out["method"] = {"name": section}
+        if not isinstance(section, dict):
+            raise ConfigError(f"cannot set {key!r}: '{parts[0]}' is {section!r}, not a mapping")
+        section[parts[1]] = parse_value(text)
     return out
 
 
@@ -277,16 +284,24 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
     """Validate a raw mapping into a :class:`RunConfig`. The method section is checked against its own Config."""
     from .registry import METHODS
 
+    from .config_checks import check_run_config
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {raw!r}")
     raw = dict(raw)
-    method = dict(raw.pop("method", None) or {"name": "simclr"})
+    method = raw.pop("method", None) or {"name": "simclr"}
     if isinstance(method, str):
         method = {"name": method}
+    if not isinstance(method, dict):
+        raise ConfigError(f"'method' must be a method name or a mapping, got {method!r}")
     name = method.get("name", "simclr")
+    if not isinstance(name, str):
+        raise ConfigError(f"'method.name' must be a string, got {name!r}")
     cls = METHODS.get(name)
     mcfg = from_dict(cls.Config, {k: v for k, v in method.items() if k != "name"}, prefix="method.")
     cfg = from_dict(RunConfig, raw)
     cfg.method = {"name": name, **to_plain(mcfg)}
-    return cfg
+    return check_run_config(cfg)
 
 
 def method_config(cfg: RunConfig) -> Any:

@@ -54,7 +54,7 @@ class Registry(Generic[T]):
         _load_builtins()
         if name not in self._entries:
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise UnknownNameError(f"unknown {self.kind} '{name}'; known: {known}")
+            raise UnknownNameError(f"unknown {self.kind} {str(name)!r}; known: {known}")
         return self._entries[name]
 
     def names(self) -> list[str]:

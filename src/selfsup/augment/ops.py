@@ -51,6 +51,7 @@ def sample_resized_crop(n: int, height: int, width: int, scale: tuple[float, flo
         fh, fw = height, round(height * ratio[1])
     else:
         fw, fh = width, height
+    fw, fh = min(max(fw, 1), width), min(max(fh, 1), height)  # at least one pixel (1-px images, extreme ratios)
     w = torch.where(any_ok, w, torch.full_like(w, fw))
     h = torch.where(any_ok, h, torch.full_like(h, fh))
     u = torch.rand(n, 2, generator=gen, device=device)
@@ -207,6 +208,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     """Separable Gaussian blur with a per-sample ``sigma`` (B,), reflect padding (as torchvision)."""
     if kernel_size < 3:
         return x
+    if kernel_size % 2 == 0:
+        raise ValueError(f"gaussian_blur: kernel_size must be odd, got {kernel_size}")
     b, c, h, w = x.shape
     half = (kernel_size - 1) / 2
     t = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from . import ops
+from .spec_checks import check_view_spec
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ViewTransform:
     """Applies one :class:`ViewSpec` to a whole batch with per-sample random parameters."""
 
     def __init__(self, spec: ViewSpec, mean: Sequence[float], std: Sequence[float]) -> None:
+        check_view_spec(spec)
         self.spec = spec
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)

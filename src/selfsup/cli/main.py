@@ -8,6 +8,7 @@ import warnings
 from typing import Sequence
 
 from .config_args import add_run_flags, config_from_args, preset_names
+from .export import add_parser as add_export_parser
 
 
 
@@ -86,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="pretrain an encoder without labels")
     add_run_flags(pt)
     pt.add_argument("--out", required=True, help="run directory")
-    pt.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    pt.add_argument("--resume", nargs="?", const="auto", default=None, choices=["auto"],
+                    help="continue the run in --out from its newest readable checkpoint (a damaged one is skipped "
+                         "with a warning); starts fresh when --out has no checkpoint yet. `--resume` = `--resume auto`")
     pt.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     pt.add_argument("--quiet", action="store_true")
     pt.set_defaults(fn=cmd_pretrain)
@@ -120,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(fn=cmd_list)
     from .viz import add_parser as add_viz_parser
     add_viz_parser(sub)
+    add_export_parser(sub)
     return p
 
 

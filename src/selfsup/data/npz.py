@@ -1,13 +1,20 @@
 """``.npz`` archives with ``x_train``/``y_train``/``x_test``/``y_test`` uint8 NHWC arrays (labels optional)."""
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npformat
 import torch
 
 from .base import DataError, ImageDataset, InMemorySplit
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 def _images(arr: np.ndarray, path: Path, key: str) -> torch.Tensor:
@@ -28,18 +35,62 @@ def _labels(arr: np.ndarray, n: int, path: Path, key: str) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.int64))
 
 
-def load_npz(path: str | Path) -> ImageDataset:
-    """Load an .npz dataset; one-line :class:`DataError` naming the file for any bad key, dtype or shape."""
+def memory_limit() -> int:
+    """Bytes an .npz may expand to: 80% of physical memory (the arrays are held in memory)."""
+    try:
+        return int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # platforms without sysconf
+        return 64 << 30
+
+
+def check_members(p: Path, max_bytes: int) -> None:
+    """Refuse zip bombs and forged ``.npy`` headers before any array is allocated or decompressed.
+
+    ``np.load`` allocates the array a header declares before reading it, so a 100-byte member declaring a
+    150 GB shape would exhaust memory; a highly compressed member can expand to more than the machine holds.
+    """
+    with zipfile.ZipFile(p) as zf:
+        members = [i for i in zf.infolist() if i.filename.endswith(".npy")]
+        total = sum(i.file_size for i in members)
+        if total > max_bytes:
+            raise DataError(f"{p}: its arrays hold {total / 2**30:.2f} GiB uncompressed, more than the "
+                            f"{max_bytes / 2**30:.2f} GiB limit (a zip bomb, or data too large for memory: use an "
+                            "image folder, which streams)")
+        for info in members:
+            with zf.open(info) as f:
+                version = npformat.read_magic(f)
+                read_header = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    continue  # newer formats: np.load checks them
+                shape, _, dtype = read_header(f)
+                if dtype.hasobject:
+                    raise DataError(f"{p}: '{info.filename[:-4]}' holds pickled objects, which are never loaded "
+                                    "(save plain uint8 / integer arrays)")
+                declared = math.prod(shape) * dtype.itemsize
+                present = info.file_size - f.tell()
+                if declared > present:
+                    raise DataError(f"{p}: '{info.filename[:-4]}' declares shape {shape} ({declared} bytes) but holds "
+                                    f"{present} bytes (truncated or forged)")
+
+
+def load_npz(path: str | Path, *, max_bytes: int | None = None) -> ImageDataset:
+    """Load an .npz dataset; one-line :class:`DataError` naming the file for any bad key, dtype or shape.
+
+    ``max_bytes`` (default: 80% of physical memory) bounds the uncompressed size of the archive's arrays.
+    """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     if not zipfile.is_zipfile(p):  # numpy would otherwise suggest unpickling it
         raise DataError(f"{p}: not a .npz archive (not a zip file; empty, corrupt or another format)")
     try:
+        check_members(p, memory_limit() if max_bytes is None else max_bytes)
         z = np.load(p, allow_pickle=False)
         keys = set(z.files)
+    except DataError:
+        raise
     except Exception as e:  # zipfile.BadZipFile, ValueError, OSError ...
-        raise DataError(f"{p}: not a readable .npz archive ({type(e).__name__}: {e})") from None
+        raise DataError(f"{p}: not a readable .npz archive ({type(e).__name__}: {_first_line(e)})") from None
     if "x_train" not in keys:
         raise DataError(f"{p}: missing key 'x_train' (found: {', '.join(sorted(keys)) or 'none'}); "
                         "expected x_train, y_train, x_test, y_test")
@@ -57,7 +108,7 @@ def load_npz(path: str | Path) -> ImageDataset:
     except DataError:
         raise
     except Exception as e:  # corrupt member inside a valid zip
-        raise DataError(f"{p}: cannot read arrays ({type(e).__name__}: {e})") from None
+        raise DataError(f"{p}: cannot read arrays ({type(e).__name__}: {_first_line(e)})") from None
     if not classes and y_train is not None:
         classes = [str(i) for i in range(int(y_train.max()) + 1)]
     return ImageDataset(p.stem, InMemorySplit(x_train, y_train), test, classes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message starts with advice to retry unsafely; keep only the line naming the refused global
-        glob = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), None)
-        if glob is None:  # a weights-only unpickler error without a global: a damaged file, not code
-            raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not written by torch.save)") from None
-        raise CheckpointError(f"{path}: refused to load, it contains objects that would execute code ({glob})") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:  # the pickle imports and calls something: a code-execution attempt or a foreign object
+            raise CheckpointError(f"{path}: refused to load, it contains objects that would execute code "
+                                  f"(it imports {found.group(1)}); selfsup loads tensors and plain data only") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        reason = detail.group(1).strip() if detail else (str(e).strip().splitlines() or ["unpickling failed"])[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     except Exception as e:  # truncated zip, not a checkpoint, ...
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

@@ -44,7 +44,14 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    _write_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Temp file + rename: a kill while writing leaves the old file, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -98,4 +105,4 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue  # a line cut by a crash
-    path.write_text("".join(k + "\n" for k in keep))
+    _write_atomic(path, "".join(k + "\n" for k in keep))

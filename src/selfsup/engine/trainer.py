@@ -27,9 +27,12 @@ from ..registry import METHODS
 from .checkpoint import save_checkpoint
 from .logging import MetricsLogger
 from .monitors import CollapseMonitor, CollapseWarning
+from .nonfinite import KIND, bad_code, grad_norm
 from .optim import build_optimizer
-from .rundir import (checkpoint_path, latest_checkpoint, prepare_run_dir, prune_checkpoints, truncate_metrics,
+from .rundir import (checkpoint_path, prepare_run_dir, prune_checkpoints, truncate_metrics,
                      write_config, write_json)
+from .resume import check_free_space, find_resume_checkpoint, resume_mode
+from .signals import StopOnSignal
 from .schedules import warmup_cosine
 
 
@@ -98,9 +101,13 @@ def _set_rng_state(state: dict[str, Any], aug_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool | str = False, overwrite: bool = False,
              data: ImageDataset | None = None, quiet: bool = False) -> TrainResult:
-    """Pretrain ``cfg``'s method and write the run to ``out``. See the module docstring."""
+    """Pretrain ``cfg``'s method and write the run to ``out``. See the module docstring.
+
+    ``resume`` True or ``"auto"``: continue from the newest readable checkpoint in ``out`` (fresh when none).
+    """
+    resume = resume_mode(resume)
     run_dir = prepare_run_dir(out, resume=resume, overwrite=overwrite)
     t = cfg.train
     if t.nan_policy not in ("stop", "skip"):
@@ -120,6 +127,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
     lr = cfg.optim.lr if cfg.optim.lr is not None else method.base_lr * t.batch_size / 256
     wd = cfg.optim.weight_decay if cfg.optim.weight_decay is not None else method.default_weight_decay
     optimizer = build_optimizer(method, cfg.optim, lr, wd, device)
+    check_free_space(run_dir, method)
     warmup = int(round(cfg.optim.warmup_epochs * spe))
 
     channels_last = t.channels_last if t.channels_last is not None else getattr(method.backbone, "prefers_channels_last", False)
@@ -133,8 +141,15 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
     aug_gen.manual_seed(t.seed + 1)
     start_step = 0
     resolved = cfg.to_dict()
-    if resume:
-        ckpt_file, ckpt = latest_checkpoint(run_dir)
+    found = find_resume_checkpoint(run_dir) if resume else None
+    log_state: dict[str, Any] = {}
+    if resume and found is None:
+        truncate_metrics(run_dir, 0)
+        if not quiet:
+            print(f"no checkpoint in {run_dir} yet: starting fresh", file=sys.stderr)
+    if found is not None:
+        ckpt_file, ckpt = found
+        log_state = ckpt.get("log", {})
         method.load_state_dict(ckpt["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], aug_gen)
@@ -162,23 +177,31 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
             "method": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "total_steps": total_steps, "epoch": step / spe, "rng": _rng_state(aug_gen), "config": resolved,
             "method_name": cfg.method["name"],
+            # the open log window, so a resumed run logs the same averaged losses as an uninterrupted one
+            "log": {"loss_sum": float(loss_sum), "loss_count": loss_count, "skipped": skipped},
+            "data": {"channels": ds.channels, "image_size": list(ds.image_size), "num_train": n,
+                     "mean": list(ds.mean), "std": list(ds.std)},
         }, checkpoint_path(run_dir, step))
         prune_checkpoints(run_dir, keep=2)
-
-    def stop_if_non_finite() -> None:
-        bad = int(first_bad)  # one host sync, only at log and checkpoint steps
-        if bad >= 0 and t.nan_policy == "stop":
-            raise TrainingError(
-                f"non-finite loss at step {bad} (method {cfg.method['name']}, lr {lrs[bad]:.3g}); "
-                f"stopped, the last good checkpoint in {run_dir / 'checkpoints'} is kept; "
-                "try a lower optim.lr or train.grad_clip")
 
     logger = MetricsLogger(run_dir, total_steps=total_steps, quiet=quiet)
     method.train()
     step = start_step
-    loss_sum = torch.zeros((), device=device)
-    loss_count = 0
+    loss_sum = torch.full((), float(log_state.get("loss_sum", 0.0)), device=device)
+    loss_count, skipped = int(log_state.get("loss_count", 0)), int(log_state.get("skipped", 0))
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    first_kind = torch.zeros((), dtype=torch.long, device=device)
+
+    def stop_if_nonfinite() -> None:
+        bad = int(first_bad)
+        if bad >= 0:
+            raise TrainingError(
+                f"non-finite {KIND[int(first_kind)]} at step {bad} (method {cfg.method['name']}, lr {lrs[bad]:.3g}); "
+                f"stopped, the last good checkpoint in {run_dir / 'checkpoints'} is kept; "
+                "try a lower optim.lr or train.grad_clip, or train.nan_policy=skip")
+
+    mid_step = False
+    stop = StopOnSignal().install()  # restored in the finally below
     last_loss = float("nan")
     stopped = "done"
     t_start = time.perf_counter()
@@ -193,6 +216,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
             for x, idx, _ in ds.train.batches(t.batch_size, shuffle=True, generator=gen, drop_last=True,
                                              start_batch=step % spe):
+                mid_step = True
                 for g in optimizer.param_groups:
                     g["lr"] = lrs[step]
                 ctx = StepContext(step=step, total_steps=total_steps, epoch=epoch, steps_per_epoch=spe)
@@ -203,38 +227,54 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
                         vs = [v.contiguous(memory_format=torch.channels_last) for v in vs]
                     out = step_fn(ViewBatch(vs, idx.to(device)), ctx)
                 loss = out.loss
-                finite = torch.isfinite(loss.detach())
                 optimizer.zero_grad(set_to_none=True)
-                if t.nan_policy == "skip" and not bool(finite):
-                    print(f"step {step}: non-finite loss, update skipped", file=sys.stderr)
-                else:
+                skip = t.nan_policy == "skip"
+                code = bad_code(loss, None)
+                if not (skip and bool(code)):
                     loss.backward()
                     if t.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(method.parameters(), t.grad_clip)
-                    optimizer.step()
-                    update_parts(method, ctx)
-                first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=device), first_bad)
-                loss_sum += loss.detach().float()
-                loss_count += 1
+                        gnorm = torch.nn.utils.clip_grad_norm_(method.parameters(), t.grad_clip)
+                    else:
+                        gnorm = grad_norm(method.parameters())
+                    code = bad_code(loss, gnorm)
+                    if not (skip and bool(code)):
+                        optimizer.step()
+                        update_parts(method, ctx)
+                if skip and bool(code):
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    print(f"step {step}: non-finite {KIND[int(code)]}, update skipped (train.nan_policy=skip)",
+                          file=sys.stderr)
+                else:
+                    loss_sum += loss.detach().float()
+                    loss_count += 1
+                if not skip:
+                    new_bad = (first_bad < 0) & (code > 0)
+                    first_kind = torch.where(new_bad, code, first_kind)
+                    first_bad = torch.where(new_bad, torch.tensor(step, device=device), first_bad)
                 step += 1
+                mid_step = False
                 imgs_window += x.shape[0]
                 time_up = t.time_limit_min is not None and time.perf_counter() - t_start > t.time_limit_min * 60
                 end_of_run = step >= min(total_steps, max_steps) or time_up
                 if step % t.log_every == 0 or end_of_run:
-                    stop_if_non_finite()
+                    stop_if_nonfinite()
                     now = time.perf_counter()
-                    last_loss = float(loss_sum) / max(1, loss_count)
+                    last_loss = float(loss_sum) / loss_count if loss_count else float("nan")
                     rec = {"step": step, "epoch": round(step / spe, 4), "loss": last_loss, "lr": lrs[step - 1],
                            "images_per_s": imgs_window / max(now - t_window, 1e-9), "time_s": now - t_start}
                     rec.update({k: float(v) for k, v in out.logs.items()})
+                    if skipped:
+                        rec["skipped_steps"] = skipped
                     rec.update(monitor.measure(out.embedding, getattr(out, "probs", None)))
                     for alert in monitor.check(rec):
                         warnings.warn(f"step {step}: possible collapse: {alert}", CollapseWarning, stacklevel=2)
                         collapse = collapse or alert
                     logger.log(rec)
                     logger.progress(rec)
-                    loss_sum.zero_()
-                    loss_count, t_window, imgs_window = 0, now, 0
+                    if step % t.log_every == 0 or step >= total_steps:  # a max_steps stop leaves the window open
+                        loss_sum.zero_()  # (its partial sum is checkpointed, so a resume logs the same average)
+                        loss_count, t_window, imgs_window = 0, now, 0
                     if t.stop_on_collapse and monitor.active:
                         stopped = "collapsed"
                         break
@@ -249,8 +289,11 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
                     lrs = schedule(total_steps)
                     logger.total_steps = total_steps
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and not end_of_run:
-                    stop_if_non_finite()  # never let a checkpoint after a NaN replace the good ones
+                    stop_if_nonfinite()  # never checkpoint weights a bad step has already touched
                     save(step)
+                if stop.received:
+                    stopped = "interrupted"
+                    break
                 if time_up:
                     stopped = "time_limit"
                     break
@@ -270,8 +313,14 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
         stopped = "interrupted"
     finally:
         logger.close()
-    if int(first_bad) < 0 or t.nan_policy == "skip":  # skipped steps did not touch the weights
+        stop.restore()
+    if int(first_bad) < 0 and not mid_step:  # a step cut half-way is not saved: the last checkpoint stays
         save(step)
+    if stopped == "interrupted" and not quiet:
+        how = stop.received or "KeyboardInterrupt"
+        saved = "checkpoint saved" if not mid_step else "interrupted mid-step, the last checkpoint is kept"
+        print(f"{how} at step {step}: {saved} in {run_dir / 'checkpoints'}; continue with --resume",
+              file=sys.stderr)
     if stopped == "collapsed" and not quiet:
         print(f"stopped at step {step} (--stop-on-collapse): {collapse}; the last checkpoint is kept in "
               f"{run_dir / 'checkpoints'}", file=sys.stderr)
@@ -282,7 +331,7 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite
         "method": cfg.method["name"], "backbone": cfg.backbone.name, "width": cfg.backbone.width,
         "data": cfg.data.path, "steps": step, "total_steps": total_steps, "epochs": round(step / spe, 3),
         "images_per_s": round(result.images_per_s, 1), "wall_s": round(wall, 1), "final_loss": last_loss,
-        "stopped": stopped, "device": str(device),
+        "stopped": stopped, "signal": stop.received, "device": str(device),
         "lr": lr, "weight_decay": wd, "optimizer": opt_name, **({"collapse": collapse} if collapse else {}),
     })
     return result

@@ -1,0 +1,123 @@
+"""Export a run's backbone so that it loads without selfsup: safetensors (or a plain ``.pt`` state dict).
+
+The weights are those of ``method.eval_backbone()`` (the encoder that evaluation measures: the online network,
+or the teacher for methods that evaluate their teacher), from the run's newest readable checkpoint. Key names:
+
+- ResNets use torchvision's names (``conv1.weight``, ``layer1.0.bn1.running_mean`` ...), so
+  ``torchvision.models.resnet18()`` loads them with ``strict=True`` once its ``fc`` is replaced by
+  ``nn.Identity()`` (there is no classifier: self-supervised training has none). With ``cifar_stem`` also
+  replace ``conv1`` by a 3x3 stride-1 convolution and ``maxpool`` by ``nn.Identity()``. Only width 1 matches
+  torchvision's layer shapes; other widths export with the same key names and the metadata records the width.
+- A backbone may define ``export_state_dict()`` returning its weights under another library's names (a ViT
+  mapping to timm's) and ``export_key_names`` naming that convention; the default is ``state_dict()``.
+
+Metadata (architecture, width, stem, input channels, feature size, image size, normalisation mean/std, method,
+step) goes in the safetensors header under the key ``selfsup`` as JSON, or in ``FILE.json`` beside a ``.pt``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones.base import build_backbone
+from ..config import build_run_config, method_config
+from ..methods.base import Method, build_method
+from .rundir import RunDirError, latest_checkpoint
+
+FORMATS = ("safetensors", "pt")
+
+
+class ExportError(RunDirError):
+    """The run cannot be exported as asked (unknown format, missing optional package); the message says why."""
+
+
+def rebuild_method(ckpt: dict[str, Any]) -> Method:
+    """The checkpoint's method with its weights loaded, rebuilt from the saved config (no data loading when the
+    checkpoint records the data's shape, as every checkpoint written by this version does)."""
+    cfg = build_run_config(ckpt["config"])
+    info = ckpt.get("data")
+    if info is None:  # older checkpoints: the dataset tells the channels and size
+        from .trainer import build_run
+
+        method = build_run(cfg, device=torch.device("cpu")).method
+    else:
+        torch.manual_seed(cfg.train.seed)
+        backbone = build_backbone(cfg.backbone.name, in_channels=int(info["channels"]), width=cfg.backbone.width,
+                                  cifar_stem=cfg.backbone.cifar_stem, image_size=int(info["image_size"][0]))
+        method = build_method(cfg.method["name"], backbone, method_config(cfg), num_train=int(info["num_train"]))
+    method.load_state_dict(ckpt["method"])
+    return method.eval()
+
+
+def backbone_weights(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Plain contiguous CPU tensors, one storage each (safetensors refuses shared storage)."""
+    fn = getattr(backbone, "export_state_dict", None)
+    sd = fn() if callable(fn) else backbone.state_dict()
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+def key_names(backbone: torch.nn.Module) -> str:
+    from ..backbones.resnet import ResNet
+
+    named = getattr(backbone, "export_key_names", None)
+    if named:
+        return str(named)
+    return "torchvision" if isinstance(backbone, ResNet) else "selfsup"
+
+
+def export_metadata(ckpt: dict[str, Any], backbone: torch.nn.Module) -> dict[str, Any]:
+    cfg = ckpt["config"]
+    info = ckpt.get("data") or {}
+    names = key_names(backbone)
+    meta = {
+        "arch": cfg["backbone"]["name"], "width": cfg["backbone"]["width"],
+        "cifar_stem": cfg["backbone"]["cifar_stem"], "in_channels": int(backbone.in_channels),
+        "num_features": int(backbone.num_features), "key_names": names,
+        "image_size": info.get("image_size"), "mean": info.get("mean"), "std": info.get("std"),
+        "method": cfg["method"]["name"], "step": int(ckpt["step"]),
+    }
+    meta["torchvision_loadable"] = (names == "torchvision" and float(meta["width"]) == 1.0)
+    return meta
+
+
+def export_backbone(run_dir: str | Path, fmt: str = "safetensors", out: str | Path | None = None) -> Path:
+    """Write the run's backbone weights to ``out`` (default ``RUN/backbone.<fmt>``); returns the path."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"run directory not found: {run_dir}")
+    _, ckpt = latest_checkpoint(run_dir)
+    backbone = rebuild_method(ckpt).eval_backbone()
+    weights = backbone_weights(backbone)
+    meta = export_metadata(ckpt, backbone)
+    path = Path(out) if out is not None else run_dir / f"backbone.{'safetensors' if fmt == 'safetensors' else 'pt'}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if fmt == "safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            raise ExportError("--format safetensors needs the safetensors package: pip install 'selfsup[safetensors]'"
+                              " (or use --format pt)") from None
+        save_file(weights, str(tmp), metadata={"selfsup": json.dumps(meta), "format": "pt"})
+    else:
+        torch.save(weights, tmp)
+        (path.parent / f"{path.name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_export_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of an exported file (safetensors header, or the ``.json`` beside a ``.pt``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["selfsup"])
+    return json.loads((path.parent / f"{path.name}.json").read_text())

@@ -1,0 +1,96 @@
+"""A checkpoint never runs code: pickles that would execute something are refused with a clear message."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.cli.main import main
+from selfsup.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from selfsup.engine.rundir import RunDirError, latest_checkpoint
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "selfsup"
+
+
+class Payload:
+    """Unpickling this calls exec(...), which writes the marker file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def malicious_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"method": {"w": torch.zeros(2)}, "step": 3, "evil": Payload(marker)}, path)
+    return path
+
+
+def test_the_payload_is_real(tmp_path):
+    """Control: an unsafe load really runs the code (so the refusal below is meaningful)."""
+    marker = tmp_path / "marker"
+    ck = malicious_checkpoint(tmp_path / "evil.pt", marker)
+    torch.load(ck, weights_only=False)
+    assert marker.read_text() == "pwned"
+
+
+def test_code_running_checkpoint_is_refused(tmp_path):
+    marker = tmp_path / "marker"
+    ck = malicious_checkpoint(tmp_path / "evil.pt", marker)
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused to load, it contains objects that would execute code"):
+        load_checkpoint(ck)
+    assert not marker.exists()
+
+
+def test_run_with_only_a_malicious_checkpoint(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    malicious_checkpoint(run / "checkpoints" / "step-00000003.pt", marker)
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
+        with pytest.raises(RunDirError, match="no readable checkpoint .*refused to load"):
+            latest_checkpoint(run)
+    for argv in (["eval", str(run), "--no-baseline"], ["export", str(run)]):
+        with pytest.warns(UserWarning):
+            assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("selfsup: error:") and "refused to load" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_malicious_newest_checkpoint_is_skipped_for_an_older_good_one(tmp_path):
+    marker = tmp_path / "marker"
+    run = tmp_path / "run"
+    save_checkpoint({"step": 2, "w": torch.ones(2)}, run / "checkpoints" / "step-00000002.pt")
+    malicious_checkpoint(run / "checkpoints" / "step-00000003.pt", marker)
+    with pytest.warns(UserWarning, match="step-00000003.pt"):
+        path, ck = latest_checkpoint(run)
+    assert path.name == "step-00000002.pt" and ck["step"] == 2
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04" + b"\x00" * 40])
+def test_garbage_checkpoint_is_a_one_line_error(tmp_path, content):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"bad\.pt: not a readable checkpoint"):
+        load_checkpoint(p)
+
+
+def test_every_load_in_the_source_is_safe():
+    """Static guard for future code: torch.load only with weights_only=True, np.load never with pickles."""
+    offenders = []
+    for f in SRC.rglob("*.py"):
+        text = f.read_text()
+        for m in re.finditer(r"\btorch\.load\(([^()]|\([^()]*\))*\)", text):
+            if "weights_only=True" not in m.group(0):
+                offenders.append(f"{f.name}: {m.group(0)[:60]}")
+        for m in re.finditer(r"\bnp\.load\(([^()]|\([^()]*\))*\)", text):
+            if "allow_pickle=False" not in m.group(0):
+                offenders.append(f"{f.name}: {m.group(0)[:60]}")
+        if re.search(r"\bpickle\.loads?\(|\bdill\.|\bjoblib\.load\(", text):
+            offenders.append(f"{f.name}: pickle load")
+    assert not offenders, offenders
