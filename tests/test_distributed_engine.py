@@ -1,0 +1,143 @@
+"""The engine under torchrun (2 CPU processes, gloo): per-rank data, rank-0 writes, exact resume; bad input;
+gradient accumulation; the compile fallback."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.config import ConfigError, build_run_config
+from selfsup.engine import distributed as D
+from selfsup.engine.checkpoint import load_checkpoint
+from selfsup.engine.compile import SafeCompiled
+from selfsup.engine.rundir import list_checkpoints
+from selfsup.engine.trainer import pretrain
+
+from conftest import make_blobs
+
+
+def _cfg(data: Path, **train):
+    t = {"epochs": 2, "batch_size": 8, "log_every": 1, "device": "cpu", "seed": 0, **train}
+    return build_run_config({
+        "method": {"name": "simclr", "proj_hidden_dim": 32, "proj_dim": 16},
+        "data": {"path": str(data)},
+        "backbone": {"name": "convnet", "width": 0.25},
+        "optim": {"warmup_epochs": 0.5},
+        "train": t,
+    })
+
+
+@pytest.fixture(scope="module")
+def blobs_npz(tmp_path_factory) -> Path:
+    ds = make_blobs(n=16, size=16)
+    p = tmp_path_factory.mktemp("data") / "blobs.npz"
+    np.savez(p, x_train=ds.train.images.permute(0, 2, 3, 1).numpy(), y_train=ds.train.labels.numpy(),
+             x_test=ds.test.images.permute(0, 2, 3, 1).numpy(), y_test=ds.test.labels.numpy())
+    return p
+
+
+def _torchrun_worker(rank: int, port: int, data: str, out: str) -> None:
+    """What torchrun does for each rank: environment variables, then the ordinary entry point."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    data_p, out_p = Path(data), Path(out)
+    pretrain(_cfg(data_p), out_p / "straight", quiet=True)  # 2 epochs x 2 steps
+    pretrain(_cfg(data_p, max_steps=3, checkpoint_every=1), out_p / "resumed", quiet=True)
+    # every rank resumes from the one checkpoint written by rank 0
+    pretrain(_cfg(data_p), out_p / "resumed", resume=True, quiet=True)
+    try:
+        pretrain(_cfg(data_p, batch_size=7), out_p / "bad", quiet=True)
+    except ConfigError as e:
+        (out_p / f"error{rank}.txt").write_text(str(e))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def torchrun_runs(blobs_npz, tmp_path_factory) -> Path:
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("runs")
+    mp.start_processes(_torchrun_worker, args=(_free_port(), str(blobs_npz), str(out)), nprocs=2,
+                       start_method="spawn", join=True)
+    return out
+
+
+def test_torchrun_writes_one_run_from_rank_0(torchrun_runs):
+    run = torchrun_runs / "straight"
+    info = json.loads((run / "run.json").read_text())
+    assert info["world_size"] == 2 and info["steps"] == 4
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]  # one writer, no duplicates
+    ckpt = load_checkpoint(list_checkpoints(run)[0])
+    states = ckpt["rng"]["aug_ranks"]  # each rank's augmentation stream, seeded seed + 1 + rank
+    assert len(states) == 2 and not torch.equal(states[0], states[1])
+
+
+def test_torchrun_resume_is_exact(torchrun_runs):
+    a = load_checkpoint(list_checkpoints(torchrun_runs / "straight")[0])["method"]
+    b = load_checkpoint(list_checkpoints(torchrun_runs / "resumed")[0])["method"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_torchrun_batch_not_divisible_is_a_one_line_error_on_every_rank(torchrun_runs):
+    for r in (0, 1):
+        msg = (torchrun_runs / f"error{r}.txt").read_text()
+        assert "train.batch_size (7) must be divisible by world size" in msg and "\n" not in msg
+
+
+def test_check_batch_errors():
+    two = D.DistContext(rank=0, world=2)
+    assert D.check_batch(8, two, 1, has_bn=True) == 4
+    assert D.check_batch(8, two, 2, has_bn=True) == 2
+    with pytest.raises(ConfigError, match=r"divisible by world size x train.grad_accum_steps \(2 x 1 = 2\)"):
+        D.check_batch(9, two, 1, has_bn=False)
+    with pytest.raises(ConfigError, match="leaves 1 image per forward pass: BatchNorm needs at least 2"):
+        D.check_batch(2, two, 1, has_bn=True)
+    assert D.check_batch(2, two, 1, has_bn=False) == 1
+    with pytest.raises(ConfigError, match="train.grad_accum_steps must be >= 1"):
+        D.check_batch(8, two, 0, has_bn=True)
+
+
+def test_grad_accumulation_runs_and_checks_the_batch(blobs_npz, tmp_path):
+    res = pretrain(_cfg(blobs_npz, grad_accum_steps=2, max_steps=2), tmp_path / "acc", quiet=True)
+    assert res.steps == 2 and np.isfinite(res.final_loss)
+    with pytest.raises(ConfigError, match="divisible by world size x train.grad_accum_steps"):
+        pretrain(_cfg(blobs_npz, grad_accum_steps=3), tmp_path / "bad", quiet=True)
+
+
+def test_compile_failing_at_first_call_falls_back_to_eager(monkeypatch):
+    def broken_compile(module, **kw):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler\nlong traceback")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    logged: list[str] = []
+    m = torch.nn.Linear(3, 2)
+    f = SafeCompiled(m, log=logged.append)
+    x = torch.randn(4, 3)
+    assert torch.equal(f(x), m(x)) and torch.equal(f(x), m(x))
+    assert logged == ["torch.compile failed (RuntimeError: no C++ compiler); running eager"]
+
+
+def test_compile_failing_at_wrap_time_falls_back(monkeypatch):
+    def broken(module, **kw):
+        raise RuntimeError("unsupported platform")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    logged: list[str] = []
+    f = SafeCompiled(torch.nn.Identity(), log=logged.append)
+    assert f(torch.ones(2)).sum() == 2 and len(logged) == 1 and "unsupported platform" in logged[0]
