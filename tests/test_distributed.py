@@ -109,10 +109,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """Every method's 2-process result, computed once for the module: {name: (loss, state) or traceback}."""
-    import torch.multiprocessing as mp
+    from test_distributed_engine import spawn_with_deadline
 
     out = tmp_path_factory.mktemp("dist")
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, start_method="spawn", join=True)
+    spawn_with_deadline(_worker, (_free_port(), str(out)), nprocs=WORLD)
     r0 = torch.load(out / "rank0.pt", weights_only=False)
     r1 = torch.load(out / "rank1.pt", weights_only=False)
     return r0, r1

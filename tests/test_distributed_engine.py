@@ -41,36 +41,78 @@ def blobs_npz(tmp_path_factory) -> Path:
     return p
 
 
-def _torchrun_worker(rank: int, port: int, data: str, out: str) -> None:
-    """What torchrun does for each rank: environment variables, then the ordinary entry point."""
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+def _torchrun_worker(rank: int, ports: list[int], data: str, out: str) -> None:
+    """What torchrun does for each rank: environment variables, then the ordinary entry point.
+
+    torchrun starts one run per process; this worker starts several, each on a fresh port (re-using one
+    rendezvous port right after a process group is destroyed can race).
+    """
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"})
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     data_p, out_p = Path(data), Path(out)
-    pretrain(_cfg(data_p), out_p / "straight", quiet=True)  # 2 epochs x 2 steps
-    pretrain(_cfg(data_p, max_steps=3, checkpoint_every=1), out_p / "resumed", quiet=True)
-    # every rank resumes from the one checkpoint written by rank 0
-    pretrain(_cfg(data_p), out_p / "resumed", resume=True, quiet=True)
+    port = iter(ports)
+
+    def run(cfg, name, **kw):
+        os.environ["MASTER_PORT"] = str(next(port))
+        return pretrain(cfg, out_p / name, quiet=True, **kw)
+
+    run(_cfg(data_p), "straight")  # 2 epochs x 2 steps
+    run(_cfg(data_p, max_steps=3, checkpoint_every=1), "resumed")
+    run(_cfg(data_p), "resumed", resume=True)  # every rank resumes from the one checkpoint rank 0 wrote
+    # distributed feature extraction (the process group is started by hand here, as pretrain shut its own)
+    import torch.distributed as dist
+    from datetime import timedelta
+
+    from selfsup.backbones import build_backbone
+    from selfsup.evaluation.features_dist import extract_features_distributed
+
+    os.environ["MASTER_PORT"] = str(next(port))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    torch.manual_seed(0)
+    bb = build_backbone("convnet", in_channels=3, width=0.25, image_size=16)
+    ds = make_blobs(n=15, size=16)  # 15 images: unequal shards
+    got = extract_features_distributed(bb, ds.train, ds.mean, ds.std, torch.device("cpu"), batch_size=4)
+    if rank == 0:
+        torch.save(got, out_p / "features.pt")
+    else:
+        assert got is None
+    dist.destroy_process_group()
     try:
-        pretrain(_cfg(data_p, batch_size=7), out_p / "bad", quiet=True)
+        run(_cfg(data_p, batch_size=7), "bad")
     except ConfigError as e:
         (out_p / f"error{rank}.txt").write_text(str(e))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def spawn_with_deadline(fn, args, nprocs: int = 2, deadline_s: float = 240.0) -> None:
+    """torch.multiprocessing spawn that fails (and ends the processes) instead of hanging past a deadline."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=False)
+    end = time.monotonic() + deadline_s
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > end:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"distributed workers still running after {deadline_s:.0f} s")
 
 
 @pytest.fixture(scope="module")
 def torchrun_runs(blobs_npz, tmp_path_factory) -> Path:
-    import torch.multiprocessing as mp
-
     out = tmp_path_factory.mktemp("runs")
-    mp.start_processes(_torchrun_worker, args=(_free_port(), str(blobs_npz), str(out)), nprocs=2,
-                       start_method="spawn", join=True)
+    spawn_with_deadline(_torchrun_worker, (_free_ports(5), str(blobs_npz), str(out)))
     return out
 
 
@@ -96,6 +138,19 @@ def test_torchrun_batch_not_divisible_is_a_one_line_error_on_every_rank(torchrun
     for r in (0, 1):
         msg = (torchrun_runs / f"error{r}.txt").read_text()
         assert "train.batch_size (7) must be divisible by world size" in msg and "\n" not in msg
+
+
+def test_distributed_features_equal_single_process(torchrun_runs):
+    from selfsup.backbones import build_backbone
+    from selfsup.evaluation.features import extract_features
+
+    torch.manual_seed(0)
+    bb = build_backbone("convnet", in_channels=3, width=0.25, image_size=16)
+    ds = make_blobs(n=15, size=16)
+    f1, y1 = extract_features(bb, ds.train, ds.mean, ds.std, torch.device("cpu"), batch_size=4)
+    f2, y2 = torch.load(torchrun_runs / "features.pt", weights_only=False)
+    assert torch.equal(y1, y2)
+    torch.testing.assert_close(f2, f1, rtol=1e-5, atol=1e-6)
 
 
 def test_check_batch_errors():
