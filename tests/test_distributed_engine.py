@@ -196,3 +196,15 @@ def test_compile_failing_at_wrap_time_falls_back(monkeypatch):
     logged: list[str] = []
     f = SafeCompiled(torch.nn.Identity(), log=logged.append)
     assert f(torch.ones(2)).sum() == 2 and len(logged) == 1 and "unsupported platform" in logged[0]
+
+
+def test_rank_slices_make_up_the_single_process_batches():
+    split = make_blobs(n=20, size=16).train
+    single = [idx for _, idx, _ in split.batches(8, shuffle=True, generator=torch.Generator().manual_seed(3),
+                                                 drop_last=True, start_batch=1)]
+    per_rank = [[idx for _, idx, _ in D.rank_batches(split, 8, D.DistContext(r, 2),
+                                                     generator=torch.Generator().manual_seed(3), start_batch=1)]
+                for r in (0, 1)]
+    assert len(single) == 1 and all(len(p) == 1 for p in per_rank)
+    for k, idx in enumerate(single):
+        assert torch.equal(torch.cat([per_rank[0][k], per_rank[1][k]]), idx)
