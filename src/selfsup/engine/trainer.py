@@ -234,7 +234,8 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
                 optimizer.zero_grad(set_to_none=True)
                 loss = torch.zeros((), device=device)
                 for i in range(accum):  # gradient accumulation: micro-batches of `micro` images per rank
-                    xi, ii = (x, idx) if accum == 1 else (x[i * micro : (i + 1) * micro], idx[i * micro : (i + 1) * micro])
+                    part = slice(i * micro, (i + 1) * micro) if accum > 1 else slice(None)
+                    xi, ii = x[part], idx[part]
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         vs = views(xi, aug_gen)
                         if channels_last:
