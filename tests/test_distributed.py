@@ -30,7 +30,8 @@ WORLD = 2
 # extra overrides: every stateful part moves in one step (DINO's center is held in the contract tests) and the
 # random paths run (tile jitter, masking noise)
 EXTRA = {"dino": {"center_momentum": 0.9}, "swav": {"queue_size": 16, "queue_start_epoch": 0},
-         "jigsaw": {"gap": 2, "jitter": 1}, "relative-patch": {"gap": 2, "jitter": 1}, "denoising-ae": {"noise": "mask"}}
+         "jigsaw": {"gap": 2, "jitter": 1}, "relative-patch": {"gap": 2, "jitter": 1}, "denoising-ae": {"noise": "mask"},
+         "context-encoder": {"mask": "random-blocks"}}
 # Exact 2-vs-1 equivalence needs every random draw inside forward to be splittable: methods draw per-sample
 # randomness (masks, pretext labels, jitter, noise) for the global batch from the rank-synchronised global RNG
 # and keep their rows (components/gather.py: global_rows / rank_rows). A method that cannot do this goes here,

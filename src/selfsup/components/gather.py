@@ -112,6 +112,19 @@ def all_reduce_sum_(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@torch.no_grad()
+def local_share(count: torch.Tensor) -> torch.Tensor | float:
+    """``count / mean over ranks of count`` (1.0 in one process), detached.
+
+    For a loss normalised by a batch-wide count (``Σ loss / Σ mask``, the count varying per sample), multiplying
+    rank k's ``sum_k / count_k`` by this factor gives ``sum_k / mean(count)``; the engine's average over ranks is
+    then ``Σ_k sum_k / Σ_k count_k``, the one-process loss.
+    """
+    if world_size() == 1:
+        return 1.0
+    return count.detach().float() / all_reduce_mean_(count.detach().float().clone()).clamp_min(1e-12)
+
+
 def global_rows(local_rows: int) -> int:
     """The number of rows of the global batch when every rank holds ``local_rows``."""
     return local_rows * world_size()
