@@ -208,3 +208,17 @@ def test_rank_slices_make_up_the_single_process_batches():
     assert len(single) == 1 and all(len(p) == 1 for p in per_rank)
     for k, idx in enumerate(single):
         assert torch.equal(torch.cat([per_rank[0][k], per_rank[1][k]]), idx)
+
+
+def test_pretrain_with_a_compile_failing_at_first_call_logs_one_line_and_trains(blobs_npz, tmp_path, monkeypatch,
+                                                                               capsys):
+    def broken_compile(module, **kw):
+        def run(*a, **k):
+            raise RuntimeError("backend exploded")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    res = pretrain(_cfg(blobs_npz, compile=True, max_steps=2), tmp_path / "c", quiet=True)
+    assert res.steps == 2 and np.isfinite(res.final_loss)
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed (RuntimeError: backend exploded); running eager") == 1
