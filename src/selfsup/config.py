@@ -86,6 +86,9 @@ class TrainConfig:
     knn_every: int = 0  # online kNN monitor every K epochs (0: off); needs labels
     nan_policy: str = "stop"  # stop | skip
     stop_on_collapse: bool = False  # end the run when a collapse monitor crosses its threshold (engine/monitors.py)
+    grad_accum_steps: int = 1  # split each batch into this many forward/backward passes (no extra negatives)
+    sync_bn: bool | None = None  # torchrun: synchronised BatchNorm; None = the method's needs_sync_bn
+    dist_timeout_min: float = 5.0  # torchrun: timeout of every collective (a dead rank ends the run, no hang)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ..components.gather import global_rows, rank_rows
 
 
 # ----------------------------------------------------------------------------------------------- rotations
@@ -37,8 +38,9 @@ def rotate_random(x: torch.Tensor, gen: torch.Generator | None = None) -> tuple[
     """One random rotation per image: ``(B, C, H, W)`` and labels ``(B,)`` in 0..3."""
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"rotation needs square images, got {tuple(x.shape[-2:])}")
-    labels = torch.randint(0, 4, (x.shape[0],), generator=gen, device=gen.device if gen else x.device)
-    labels = labels.to(x.device)
+    # drawn for the global batch under torchrun, this rank's rows kept (components/gather.py: rank_rows)
+    labels = torch.randint(0, 4, (global_rows(x.shape[0]),), generator=gen, device=gen.device if gen else x.device)
+    labels = rank_rows(labels, x.shape[0]).to(x.device)
     out = x.clone()
     for k in range(1, 4):
         idx = (labels == k).nonzero().flatten()
@@ -73,7 +75,8 @@ def tile_positions(b: int, image_size: int, grid: int, gap: int, jitter: int, ge
     rows = base.repeat_interleave(grid)
     cols = base.repeat(grid)
     origin = torch.stack([rows, cols], dim=1).expand(b, n, 2)
-    shift = torch.randint(-jitter, jitter + 1, (b, n, 2), generator=gen, device=device) if jitter > 0 else 0
+    shift = (rank_rows(torch.randint(-jitter, jitter + 1, (global_rows(b), n, 2), generator=gen, device=device), b)
+             if jitter > 0 else 0)
     offset = (torch.full((b, n, 2), gap // 2, device=device) + shift).clamp(0, cell - t)
     return origin + offset
 
@@ -173,8 +176,10 @@ def color_drop(x: torch.Tensor, gen: torch.Generator | None = None, noise_std: f
     b, c = x.shape[:2]
     if c == 1:
         return x
-    keep = torch.randint(0, c, (b,), generator=gen, device=gen.device if gen else x.device).to(x.device)
-    noise = torch.randn(x.shape, generator=gen, device=gen.device if gen else x.device).to(x.device) * noise_std
+    dev = gen.device if gen else x.device
+    keep = rank_rows(torch.randint(0, c, (global_rows(b),), generator=gen, device=dev), b).to(x.device)
+    noise = rank_rows(torch.randn((global_rows(b), *x.shape[1:]), generator=gen, device=dev), b).to(x.device)
+    noise = noise * noise_std
     mask = F.one_hot(keep, c).to(x.dtype).view(b, c, 1, 1)
     return x * mask + noise * (1 - mask)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import warnings
@@ -29,6 +30,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     res = pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return 0
     print(f"{res.stopped}: {res.steps} steps ({res.epochs:.2f} epochs) in {res.wall_s:.0f}s, "
           f"{res.images_per_s:.0f} images/s, final loss {res.final_loss:.4f} → {res.run_dir}")
     return 0

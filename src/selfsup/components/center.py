@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .base import SharedPart, StepContext
+from .gather import all_reduce_mean_
 from ..config import ConfigError
 
 
@@ -39,6 +40,7 @@ class Center(SharedPart):
         """c ← m·c + (1 − m)·pending (no-op when nothing was observed since the last update)."""
         if not self._has_pending:
             return
+        all_reduce_mean_(self.pending)  # under torchrun: the global batch mean (equal per-rank batches)
         self.center.mul_(self.momentum).add_(self.pending, alpha=1.0 - self.momentum)
         self._has_pending = False
 

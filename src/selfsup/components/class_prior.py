@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .base import SharedPart
+from .gather import all_reduce_sum_
 
 
 class ClassPrior(SharedPart):
@@ -21,7 +22,7 @@ class ClassPrior(SharedPart):
     @torch.no_grad()
     def update(self, targets: torch.Tensor) -> None:
         """Add target distributions ``(N, Q)`` (rows sum to 1) to the histogram."""
-        self.counts += targets.detach().float().sum(dim=0)
+        self.counts += all_reduce_sum_(targets.detach().float().sum(dim=0))  # torchrun: every rank's targets
 
     def probs(self) -> torch.Tensor:
         """The prior (Q,); uniform before any update."""

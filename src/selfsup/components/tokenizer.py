@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone
+from .gather import all_reduce_sum_, gather_no_grad
 
 
 class VQTokenizer(Backbone):
@@ -108,7 +109,7 @@ class VQTokenizer(Backbone):
         n = int(dead.sum())
         if n == 0:
             return
-        flat = z.reshape(-1, z.shape[-1])
+        flat = gather_no_grad(z.reshape(-1, z.shape[-1]))  # every rank restarts from the same global pool
         pick = torch.randint(0, flat.shape[0], (n,), device=z.device)
         self.codebook.data[dead] = flat[pick].to(self.codebook.dtype)
         self.last_used[dead] = self.step
@@ -125,7 +126,7 @@ class VQTokenizer(Backbone):
         commit_loss = F.mse_loss(z, q.detach())  # keep encoder outputs near their codes
         z_st = z + (q - z).detach()  # straight-through estimator
         recon = self._decode(z_st)
-        counts = torch.bincount(ids.flatten(), minlength=self.codebook_size).float()
+        counts = all_reduce_sum_(torch.bincount(ids.flatten(), minlength=self.codebook_size).float())
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
         if self.training:

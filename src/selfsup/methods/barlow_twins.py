@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..components.base import StepContext
+from ..components.gather import gather_with_grad
 from ..heads.mlp import projection_head
 from ..losses.redundancy import barlow_twins_loss
 from .base import Method, MethodOutput, ViewBatch, register_method
@@ -43,6 +44,7 @@ class BarlowTwinsConfig:
 class BarlowTwins(Method):
     Config = BarlowTwinsConfig
     default_augment = "byol"
+    needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"
     base_lr = 0.3
     default_weight_decay = 1e-4
@@ -57,5 +59,6 @@ class BarlowTwins(Method):
         check_two_views(batch.views, "barlow-twins")
         h = self.backbone(torch.cat(batch.views))
         z1, z2 = self.projector(h).chunk(2)
-        loss = self.cfg.scale_loss * barlow_twins_loss(z1, z2, self.cfg.lambd)
+        # the cross-correlation over the global batch, identical on every rank (components/gather.py: scaling)
+        loss = self.cfg.scale_loss * barlow_twins_loss(gather_with_grad(z1), gather_with_grad(z2), self.cfg.lambd)
         return MethodOutput(loss=loss, embedding=h[: z1.shape[0]].detach())

@@ -58,6 +58,8 @@ class Method(nn.Module):
     base_lr: ClassVar[float] = 0.3  # at batch 256; scaled linearly with the batch size
     default_weight_decay: ClassVar[float] = 1e-4
     supports_multicrop: ClassVar[bool] = False
+    # under torchrun: BatchNorm statistics over the global batch (engine/distributed.py; train.sync_bn overrides)
+    needs_sync_bn: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, cfg: Any = None, *, num_train: int = 0) -> None:
         super().__init__()

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..augment.masking import block_masking, check_mask_ratio
 from ..components.base import StepContext
+from ..components.gather import global_rows, rank_rows
 from ..components.tokenizer import VQTokenizer
 from ..config import ConfigError
 from ..engine.checkpoint import load_checkpoint
@@ -102,8 +103,9 @@ class BEiT(Method):
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         x = batch.views[0]
         grid = self.backbone.grid_for(x)
-        mask = block_masking(x.shape[0], grid, self.cfg.mask_ratio, min_patches=self.cfg.min_block_patches,
-                             device=x.device)
+        # masks drawn for the global batch, this rank's rows kept (components/gather.py: splittable randomness)
+        mask = rank_rows(block_masking(global_rows(x.shape[0]), grid, self.cfg.mask_ratio,
+                                       min_patches=self.cfg.min_block_patches, device=x.device), x.shape[0])
         target = self.target_ids(x)
         tokens = self.backbone.forward_tokens(x, mask=mask, mask_token=self.mask_token)
         logits = self.head(tokens[:, 1:])  # (B, N, V); only masked rows enter the loss

@@ -58,6 +58,7 @@ class BYOL(Method):
 
     Config = BYOLConfig
     default_augment = "byol"
+    needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"
     base_lr = 1.0
     default_weight_decay = 1e-5

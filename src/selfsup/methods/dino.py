@@ -78,6 +78,7 @@ class DINO(Method):
 
     Config = DINOConfig
     default_augment = "multicrop"
+    needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"
     base_lr = 0.3
     default_weight_decay = 1e-6

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..augment.masking import check_mask_ratio, patchify, random_masking
 from ..components.base import StepContext
+from ..components.gather import global_rows, rank_rows
 from ..config import ConfigError
 from ..heads.decoders import MAEDecoder
 from ..losses.masked import masked_mse, normalize_patches
@@ -66,7 +67,10 @@ class MAE(Method):
         bb = self.backbone
         grid = bb.grid_for(x)
         n = grid[0] * grid[1]
-        m = random_masking(x.shape[0], n, self.cfg.mask_ratio, device=x.device)
+        # masks drawn for the global batch, this rank's rows kept (components/gather.py: splittable randomness)
+        b = x.shape[0]
+        m = random_masking(global_rows(b), n, self.cfg.mask_ratio, device=x.device)
+        m = type(m)(*(rank_rows(t, b) for t in (m.ids_keep, m.ids_restore, m.mask)))
         latent = bb.forward_tokens(x, keep=m.ids_keep)  # (B, 1 + K, D): the encoder sees visible patches only
         pred = self.decoder(latent, m.ids_restore, grid)  # (B, N, p·p·C)
         target = patchify(x, bb.patch_size)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..components.base import StepContext
+from ..components.gather import gather_with_grad
 from ..heads.mlp import projection_head
 from ..losses.contrastive import check_temperature, nt_xent
 from .base import Method, MethodOutput, ViewBatch, register_method
@@ -28,6 +29,7 @@ class SimCLR(Method):
 
     Config = SimCLRConfig
     default_augment = "simclr"
+    needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     base_lr = 0.6
     default_weight_decay = 1e-4
 
@@ -43,5 +45,6 @@ class SimCLR(Method):
         h = self.backbone(x)
         z = self.projector(h)
         z1, z2 = z.chunk(2)
-        loss = nt_xent(z1, z2, self.cfg.temperature)
+        # negatives from every rank: the same global loss on each rank (see components/gather.py for the scaling)
+        loss = nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.cfg.temperature)
         return MethodOutput(loss=loss, embedding=h[: z1.shape[0]].detach())

@@ -38,6 +38,7 @@ class SimSiamConfig:
 class SimSiam(Method):
     Config = SimSiamConfig
     default_augment = "simclr"
+    needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "sgd"
     base_lr = 0.05
     default_weight_decay = 5e-4

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..augment.multicrop import count_global_views, group_by_size
 from ..components.base import StepContext
+from ..components.gather import gather_no_grad, rank_rows
 from ..components.queue import FeatureQueue
 from ..components.sinkhorn import check_epsilon, sinkhorn_knopp
 from ..heads.mlp import projection_head
@@ -57,6 +58,7 @@ class SwAVConfig:
 class SwAV(Method):
     Config = SwAVConfig
     default_augment = "multicrop"
+    needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"
     base_lr = 0.6
     default_weight_decay = 1e-6
@@ -75,16 +77,22 @@ class SwAV(Method):
 
     @torch.no_grad()
     def _codes(self, scores: torch.Tensor, z: torch.Tensor, i: int, ctx: StepContext) -> torch.Tensor:
-        """Codes (B, K) for code view i: Sinkhorn over [queued embeddings; this batch], then enqueue the batch."""
+        """Codes (B, K) for code view i: Sinkhorn over [queued embeddings; the global batch], then enqueue it.
+
+        Under torchrun the scores and embeddings of every rank are gathered first, so equipartition holds over
+        the global batch and every rank keeps the same queue; each rank keeps the codes of its own rows.
+        """
         c = self.cfg
         b = scores.shape[0]
+        scores, z = gather_no_grad(scores), gather_no_grad(z)
+        n = scores.shape[0]
         if self.queues:
             q = self.queues[i]
             if ctx.epoch >= c.queue_start_epoch and int(q.filled) > 0:
                 past = self.prototypes(q.valid().to(z.dtype))
                 scores = torch.cat([scores, past])
             q.push(z)
-        return sinkhorn_knopp(scores, c.epsilon, c.sinkhorn_iterations)[:b]
+        return rank_rows(sinkhorn_knopp(scores, c.epsilon, c.sinkhorn_iterations)[:n], b)
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         ctx = ctx or StepContext()

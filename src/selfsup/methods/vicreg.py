@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..components.base import StepContext
+from ..components.gather import gather_with_grad
 from ..heads.mlp import projection_head
 from ..losses.redundancy import covariance_loss, invariance_loss, variance_loss
 from .base import Method, MethodOutput, ViewBatch, register_method
@@ -44,6 +45,7 @@ class VICRegConfig:
 class VICReg(Method):
     Config = VICRegConfig
     default_augment = "byol"
+    needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"
     base_lr = 0.3
     default_weight_decay = 1e-4
@@ -59,6 +61,7 @@ class VICReg(Method):
         c = self.cfg
         h = self.backbone(torch.cat(batch.views))
         z1, z2 = self.projector(h).chunk(2)
+        z1, z2 = gather_with_grad(z1), gather_with_grad(z2)  # variance/covariance over the global batch
         inv = invariance_loss(z1, z2)
         var = (variance_loss(z1, c.gamma) + variance_loss(z2, c.gamma)) / 2
         cov = covariance_loss(z1) + covariance_loss(z2)

@@ -30,6 +30,7 @@ from ...config import ConfigError
 from ...heads.pretext_decoders import ConvDecoder, Discriminator, last_stage_map
 from ...losses.pretext import gan_losses, masked_mse
 from ..base import Method, MethodOutput, ViewBatch, register_method
+from ...components.gather import global_rows, local_share, rank_rows
 
 
 def region_mask(b: int, h: int, w: int, kind: str, fraction: float, num_blocks: int, device,
@@ -47,8 +48,10 @@ def region_mask(b: int, h: int, w: int, kind: str, fraction: float, num_blocks: 
         return m
     s = max(1, round(fraction * min(h, w) / 2))
     dev = gen.device if gen is not None else device
-    tops = torch.randint(0, h - s + 1, (b, num_blocks), generator=gen, device=dev).to(device)
-    lefts = torch.randint(0, w - s + 1, (b, num_blocks), generator=gen, device=dev).to(device)
+    # positions drawn for the global batch under torchrun, this rank's rows kept (components/gather.py)
+    tops = rank_rows(torch.randint(0, h - s + 1, (global_rows(b), num_blocks), generator=gen, device=dev), b)
+    lefts = rank_rows(torch.randint(0, w - s + 1, (global_rows(b), num_blocks), generator=gen, device=dev), b)
+    tops, lefts = tops.to(device), lefts.to(device)
     rows = torch.arange(h, device=device).view(1, 1, h, 1)
     cols = torch.arange(w, device=device).view(1, 1, 1, w)
     inside = ((rows >= tops[..., None, None]) & (rows < tops[..., None, None] + s)
@@ -103,7 +106,8 @@ class ContextEncoder(Method):
         """Reconstruction ``pred`` (B, C, H, W) of ``x`` with ``mask`` (B, 1, H, W) removed, and the loss terms."""
         c = self.cfg
         pred = self.decoder(last_stage_map(self.backbone, x * (1 - mask)), tuple(x.shape[-2:]))
-        recon = masked_mse(pred.float(), x.float(), mask)
+        # masked pixels per sample vary (random blocks overlap): weight by this rank's share of the global count
+        recon = masked_mse(pred.float(), x.float(), mask) * local_share(mask.sum() * x.shape[1])
         out = {"pred": pred, "recon": recon, "loss": c.recon_weight * recon}
         if c.adv_weight > 0:
             fake = x * (1 - mask) + pred * mask  # the completed image

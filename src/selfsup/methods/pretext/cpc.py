@@ -26,6 +26,7 @@ from ...config import ConfigError
 from ...losses.contrastive import check_temperature
 from ...losses.pretext import cpc_info_nce
 from ..base import Method, MethodOutput, ViewBatch, register_method
+from ...components.gather import gather_with_grad
 
 
 class RowCausalContext(nn.Module):
@@ -93,6 +94,7 @@ class CPC(Method):
         losses = []
         for k, pred_k in enumerate(self.predictors, start=1):
             pred = pred_k(cgrid[:, :, : r - k]).permute(0, 2, 3, 1)  # (B, R-k, W, D)
-            losses.append(cpc_info_nce(pred, z, k, c.temperature, c.normalize))
+            # negatives from every rank: the same global loss on each rank (components/gather.py: scaling)
+            losses.append(cpc_info_nce(gather_with_grad(pred), gather_with_grad(z), k, c.temperature, c.normalize))
         loss = torch.stack(losses).mean()
         return MethodOutput(loss=loss, logs={f"nce_{k}": v.detach() for k, v in enumerate(losses, start=1)})

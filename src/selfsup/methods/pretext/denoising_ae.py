@@ -19,15 +19,18 @@ from ...components.base import StepContext
 from ...config import ConfigError
 from ...heads.pretext_decoders import ConvDecoder, last_stage_map
 from ..base import Method, MethodOutput, ViewBatch, register_method
+from ...components.gather import global_rows, rank_rows
 
 
 def corrupt(x: torch.Tensor, kind: str, noise_std: float, mask_ratio: float,
             gen: torch.Generator | None = None) -> torch.Tensor:
     """``gaussian``: x + N(0, noise_std²); ``mask``: pixels zeroed (all channels) with probability ``mask_ratio``."""
     dev = gen.device if gen is not None else x.device
+    b, rows = x.shape[0], global_rows(x.shape[0])  # noise drawn for the global batch under torchrun, rows kept
     if kind == "gaussian":
-        return x + noise_std * torch.randn(x.shape, generator=gen, device=dev).to(x.device, x.dtype)
-    keep = torch.rand((x.shape[0], 1, *x.shape[2:]), generator=gen, device=dev).to(x.device) >= mask_ratio
+        noise = rank_rows(torch.randn((rows, *x.shape[1:]), generator=gen, device=dev), b)
+        return x + noise_std * noise.to(x.device, x.dtype)
+    keep = rank_rows(torch.rand((rows, 1, *x.shape[2:]), generator=gen, device=dev), b).to(x.device) >= mask_ratio
     return x * keep.to(x.dtype)
 
 

@@ -25,6 +25,7 @@ from ...components.base import StepContext
 from ...config import ConfigError
 from ...heads.mlp import mlp
 from ..base import Method, MethodOutput, ViewBatch, register_method
+from ...components.gather import global_rows, rank_rows
 
 
 @dataclass
@@ -70,7 +71,8 @@ class Jigsaw(Method):
         tiles, _ = grid_tiles(x, c.grid, c.gap, c.jitter, gen)
         b, n = tiles.shape[:2]
         dev = gen.device if gen is not None else x.device
-        labels = torch.randint(0, c.num_permutations, (b,), generator=gen, device=dev).to(x.device)
+        labels = torch.randint(0, c.num_permutations, (global_rows(b),), generator=gen, device=dev)
+        labels = rank_rows(labels, b).to(x.device)  # drawn for the global batch under torchrun
         order = self.permutations[labels]  # (B, n)
         shuffled = tiles[torch.arange(b, device=x.device)[:, None], order]
         return shuffled, labels

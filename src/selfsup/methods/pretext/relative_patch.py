@@ -26,6 +26,7 @@ from ...components.base import StepContext
 from ...config import ConfigError
 from ...heads.mlp import mlp
 from ..base import Method, MethodOutput, ViewBatch, register_method
+from ...components.gather import global_rows, rank_rows
 
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)  # row-major grid positions around the centre (4); label = index here
 CENTRE = 4
@@ -87,7 +88,7 @@ class RelativePatch(Method):
             pairs = torch.cat([centre, h[:, list(NEIGHBOURS)]], dim=2).flatten(0, 1)  # (B·8, 2D)
             labels = torch.arange(8, device=x.device).repeat(b)
         else:
-            labels = torch.randint(0, 8, (b,), device=x.device)
+            labels = rank_rows(torch.randint(0, 8, (global_rows(b),), device=x.device), b)  # splittable draw
             pos = torch.tensor(NEIGHBOURS, device=x.device)[labels]
             ar = torch.arange(b, device=x.device)
             two = torch.stack([tiles[:, CENTRE], tiles[ar, pos]], dim=1)  # (B, 2, C, t, t)
