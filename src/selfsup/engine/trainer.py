@@ -99,14 +99,18 @@ def _set_rng_state(state: dict[str, Any], aug_gen: torch.Generator) -> None:
 
 
 def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-             data: ImageDataset | None = None, quiet: bool = False) -> TrainResult:
-    """Pretrain ``cfg``'s method and write the run to ``out``. See the module docstring."""
+             data: ImageDataset | None = None, quiet: bool = False,
+             views: MultiViewPipeline | None = None) -> TrainResult:
+    """Pretrain ``cfg``'s method and write the run to ``out``. See the module docstring.
+
+    ``views`` replaces the method's own view pipeline (studies that vary the augmentations)."""
     run_dir = prepare_run_dir(out, resume=resume, overwrite=overwrite)
     t = cfg.train
     if t.nan_policy not in ("stop", "skip"):
         raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
     b = build_run(cfg, data)
-    method, views, device, ds = b.method, b.views, b.device, b.data
+    method, device, ds = b.method, b.device, b.data
+    views = views if views is not None else b.views
     n = ds.train.num_images
     if t.batch_size < 2:
         raise ConfigError(f"train.batch_size must be >= 2, got {t.batch_size}")
