@@ -30,8 +30,8 @@ class AugmentationStudy(Study):
             for j in range(i, n):
                 pair = [names[i]] if i == j else [names[i], names[j]]
                 res = self.run_cell("+".join(pair), {},
-                                    lambda d, p=pair: NamedViewPipeline(p, d.image_size[0], d.mean, d.std))
-                res["transforms"] = pair
+                                    lambda d, p=pair: NamedViewPipeline(p, d.image_size[0], d.mean, d.std),
+                                    info={"transforms": pair})
                 cells.append(res)
                 matrix[i][j] = matrix[j][i] = res[metric]
         off = [c for c in cells if len(c["transforms"]) == 2]

@@ -108,12 +108,15 @@ class Study:
         return build_run_config(raw)
 
     def run_cell(self, cell: str, method: dict[str, Any], views_fn: Callable[[ImageDataset], Any] | None = None,
-                 *, probe_head: bool = False) -> dict[str, Any]:
-        """Train (or reuse) one cell and probe it; returns the cell's result mapping (also in ``cell.json``)."""
+                 *, probe_head: bool = False, info: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train (or reuse) one cell and probe it; returns the cell's result mapping (also in ``cell.json``).
+
+        ``views_fn(data)`` replaces SimCLR's view pipeline (config.yaml then still names the preset: ``info``,
+        e.g. the transformations, is recorded in cell.json)."""
         run_dir = self.out / "cells" / cell
         done = run_dir / "cell.json"
         cfg = self.config(method)
-        key = {"config": cfg.to_dict(), "probes": list(self.s.probes), "probe_head": probe_head,
+        key = {"config": cfg.to_dict(), **(info or {}), "probes": list(self.s.probes), "probe_head": probe_head,
                "eval_images": [self.s.eval_train, self.s.eval_test]}
         if done.is_file() and not self.s.overwrite:
             prev = json.loads(done.read_text())
@@ -124,7 +127,7 @@ class Study:
         res = pretrain(cfg, run_dir, overwrite=True, data=self.data, quiet=True, views=views)
         train_s = time.perf_counter() - t0
         metrics = self.probe(cfg, run_dir, probe_head)
-        result = {"cell": cell, "method": cfg.method, "steps": res.steps, "final_loss": res.final_loss,
+        result = {"cell": cell, **(info or {}), "method": cfg.method, "steps": res.steps, "final_loss": res.final_loss,
                   "stopped": res.stopped, "train_s": round(train_s, 1),
                   "probe_s": round(time.perf_counter() - t0 - train_s, 1), **metrics, "key": key}
         write_json(done, result)
