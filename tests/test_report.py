@@ -20,7 +20,7 @@ from selfsup.config import build_run_config
 from selfsup.engine.trainer import pretrain
 from selfsup.evaluation.runner import evaluate_run
 from selfsup.viz import plots
-from selfsup.viz.report import SECTIONS, report_compare, report_run
+from selfsup.viz.report import SECTIONS, report_run
 
 FAST = {"tsne_points": 40, "retrieval_pool": 64, "queries": 3, "neighbours": 4, "preview": 4, "attention": 2}
 

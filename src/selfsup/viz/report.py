@@ -109,6 +109,8 @@ class RunContext:
         """None when everything in ``what`` is available, else the reason."""
         for w in what:
             if w == "built":
+                if "built" in self.missing:  # failed before: do not reload the data for every section
+                    return self.missing["built"]
                 try:
                     self.built()
                 except Exception as e:
