@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -20,7 +22,7 @@ from selfsup.config import build_run_config
 from selfsup.engine.trainer import pretrain
 from selfsup.evaluation.runner import evaluate_run
 from selfsup.viz import plots
-from selfsup.viz.report import SECTIONS, report_run
+from selfsup.viz.report import SECTIONS, report_run, retrieve
 
 FAST = {"tsne_points": 40, "retrieval_pool": 64, "queries": 3, "neighbours": 4, "preview": 4, "attention": 2}
 
@@ -123,7 +125,10 @@ def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         try:
-            subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=600, check=True)
+            r = subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=600)
+            if r.returncode != 0:  # stale package lists: update once and retry
+                subprocess.run(["apt-get", "update"], capture_output=True, timeout=300)
+                subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=600, check=True)
         except (OSError, subprocess.SubprocessError) as e:
             pytest.skip(f"headless browser check skipped: chromium is not installed and `apt-get install -y "
                         f"chromium` failed ({type(e).__name__})")
@@ -197,6 +202,29 @@ def test_comparison_page_and_cli(full_run, tmp_path, capsys):
     assert "no run directory" in capsys.readouterr().err
 
 
+def test_retrieval_marks_wrong_class_neighbours():
+    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
+    ytr = torch.tensor([0, 1, 2, 2, 3])
+    top, wrong = retrieve(train, ytr, torch.tensor([[1.0, 0.05], [0.05, 1.0]]), torch.tensor([0, 2]), 3)
+    assert top.tolist() == [[0, 1, 3], [2, 3, 1]]
+    assert wrong.tolist() == [[False, True, True], [False, False, True]]
+    assert retrieve(train, None, train[:1], None, 2)[1] is None
+
+
+def test_report_of_a_study_cell_previews_its_transformations(full_run, tmp_path):
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    shutil.copy(full_run / "config.yaml", cell)
+    (cell / "cell.json").write_text(json.dumps({"transforms": ["crop", "sobel"]}))
+    page = parse(report_run(cell, **FAST))
+    assert page.sections["augmentations"]["imgs"] == 1 and not page.sections["augmentations"]["notes"]
+    from selfsup.viz.report import RunContext
+
+    ctx = RunContext(cell, tmp_path / "png")
+    ctx.load()
+    assert ctx.built().views.names == ["crop", "sobel"]
+
+
 def _check_labelled(fig):
     assert fig is not None
     axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
@@ -221,8 +249,6 @@ def test_plots_have_titles_and_axis_labels(full_run):
         _check_labelled(fig)
     assert len(plots.plot_monitors(recs).axes) == 3  # only the monitors present
     assert plots.plot_curves([]) is None and plots.plot_knn(recs[:3]) is None
-    import torch
-
     grid = plots.image_grid([("original", list(torch.zeros(3, 3, 8, 8, dtype=torch.uint8))),
                              ("view 1", list(torch.rand(3, 1, 8, 8)))], title="views",
                             borders=[[None] * 3, ["red", None, None]])

@@ -131,6 +131,11 @@ class RunContext:
             cfg = build_run_config(self.config)
             data = load_dataset(self.data_arg or cfg.data.path, cfg.data.image_size, test_path=cfg.data.test_path)
             self._built = build_run(cfg, data, resolve_device(self.device))
+            cell = _read_json(self.run_dir / "cell.json")
+            if cell and cell.get("transforms"):  # a study cell trained with named transformations
+                from ..augment.named import NamedViewPipeline
+
+                self._built.views = NamedViewPipeline(cell["transforms"], data.image_size[0], data.mean, data.std)
             if self._ckpt is not None:
                 self._built.method.load_state_dict(self._ckpt["method"])
             self._built.method.eval()
@@ -224,7 +229,9 @@ def s_augmentations(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
     views = b.views(x.to(b.device), gen)
     rows = [("original", list(x))] + [(f"view {i + 1}", list(unnormalise(v, b.data.mean, b.data.std)))
                                       for i, v in enumerate(views)]
-    name = ctx.config.get("augment", {}).get("preset") or type(b.method).default_augment
+    name = getattr(b.views, "names", None) or ctx.config.get("augment", {}).get("preset") or \
+        type(b.method).default_augment
+    name = " + ".join(name) if isinstance(name, list) else name
     p = ctx.png(plots.image_grid(rows, title=f"Views as the method saw them (preset: {name})"), "augmentations")
     s.image(p, f"{len(views)} views per image, un-normalised for display")
 
@@ -253,28 +260,31 @@ def s_retrieval(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
     fte, yte = ctx.features("test", max(opts["tsne_points"], opts["queries"]))
     k = min(opts["neighbours"], ftr.shape[0])
     q_idx = torch.linspace(0, fte.shape[0] - 1, min(opts["queries"], fte.shape[0])).round().long().unique()
-    sim = F.normalize(fte[q_idx], dim=1) @ F.normalize(ftr, dim=1).T
-    top = sim.topk(k, dim=1).indices  # (Q, k)
-    test_split = b.data.test or b.data.train
-    q_imgs = images_at(test_split, q_idx.tolist())
+    top, wrong_mask = retrieve(ftr, ytr, fte[q_idx], None if yte is None else yte[q_idx], k)
+    q_imgs = images_at(b.data.test or b.data.train, q_idx.tolist())
     rows, borders = [], []
-    wrong = total = 0
     for i, qi in enumerate(q_idx.tolist()):
-        nb = images_at(b.data.train, top[i].tolist())
-        rows.append((f"query {qi}", [q_imgs[i]] + list(nb)))
-        if yte is not None and ytr is not None:
-            marks = ["red" if int(ytr[j]) != int(yte[qi]) else None for j in top[i].tolist()]
-            wrong += sum(m is not None for m in marks)
-            total += len(marks)
-            borders.append(["black"] + marks)
-        else:
-            borders.append(["black"] + [None] * k)
+        rows.append((f"query {qi}", [q_imgs[i]] + list(images_at(b.data.train, top[i].tolist()))))
+        marks = [None] * k if wrong_mask is None else ["red" if w else None for w in wrong_mask[i].tolist()]
+        borders.append(["black"] + marks)
+    wrong, total = (0, 0) if wrong_mask is None else (int(wrong_mask.sum()), wrong_mask.numel())
     fig = plots.image_grid(rows, title=f"Top-{k} neighbours (cosine) among {ftr.shape[0]} train images",
                            borders=borders, col_titles=["query"] + [f"#{j + 1}" for j in range(k)])
     cap = "queries spread over the test split; red frame: a neighbour of another class"
     if total:
         cap += f" ({wrong}/{total} = {100 * wrong / total:.0f}% wrong-class)"
     s.image(ctx.png(fig, "retrieval"), cap)
+
+
+def retrieve(train_feats: torch.Tensor, train_labels: torch.Tensor | None, query_feats: torch.Tensor,
+             query_labels: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Top-``k`` train indices (Q, k) by cosine similarity for each query (Q, D), best first, and where labels
+    exist a (Q, k) bool mask of neighbours whose class differs from the query's."""
+    sim = F.normalize(query_feats.float(), dim=1) @ F.normalize(train_feats.float(), dim=1).T
+    top = sim.topk(min(k, train_feats.shape[0]), dim=1).indices
+    if train_labels is None or query_labels is None:
+        return top, None
+    return top, train_labels[top] != query_labels[:, None]
 
 
 def s_layers(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
