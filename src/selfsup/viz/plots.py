@@ -48,7 +48,7 @@ def plot_curves(records: Sequence[dict[str, Any]]):
     if not xs and not xl:
         return None
     fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 3.6))
-    a.plot(xs, loss, color="C0")
+    a.plot(xs, loss, color="C0", marker="o" if len(xs) < 30 else None, markersize=3)
     a.set(title="Training loss", xlabel="step", ylabel="loss")
     b.plot(xl, lr, color="C1")
     b.set(title="Learning rate", xlabel="step", ylabel="learning rate")
@@ -78,7 +78,8 @@ def plot_monitors(records: Sequence[dict[str, Any]]):
         return None
     fig, axes = pyplot().subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, k in zip(axes[0], keys):
-        ax.plot(*_series(records, k), color="C2")
+        x, y = _series(records, k)
+        ax.plot(x, y, color="C2", marker="o" if len(x) < 30 else None, markersize=3)
         ax.set(title=MONITOR_TITLES[k], xlabel="step", ylabel=k)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -93,7 +94,7 @@ def plot_overlay(series: dict[str, tuple[Sequence[float], Sequence[float]]], *, 
         return None
     fig, ax = pyplot().subplots(figsize=(7, 4))
     for name, (x, y) in series.items():
-        ax.plot(x, y, label=name)
+        ax.plot(x, y, label=name, marker="o" if len(x) < 30 else None, markersize=3)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if logy and all(v > 0 for _, y in series.values() for v in y):
         ax.set_yscale("log")
