@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .viz import add_parser as add_viz_parser
     add_viz_parser(sub)
     add_export_parser(sub)
+    from .report import add_parser as add_report_parser
+    add_report_parser(sub)
+    from .study import add_parser as add_study_parser
+    add_study_parser(sub)
     return p
 
 

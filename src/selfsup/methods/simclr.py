@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..components.base import StepContext
 from ..components.gather import gather_with_grad
@@ -17,10 +18,12 @@ class SimCLRConfig:
     temperature: float = 0.2
     proj_hidden_dim: int = 512
     proj_dim: int = 128
-    proj_layers: int = 2
+    proj_layers: int = 2  # 0: no head (the loss sees h), 1: linear, 2+: MLP
 
     def validate(self) -> None:
         check_temperature(self.temperature, "method.temperature")
+        if self.proj_layers < 0:
+            raise ValueError(f"method.proj_layers must be >= 0 (0: no head), got {self.proj_layers}")
 
 
 @register_method("simclr", help="SimCLR: NT-Xent over two views with in-batch negatives (Chen et al. 2020)")
@@ -36,7 +39,8 @@ class SimCLR(Method):
     def __init__(self, backbone, cfg: SimCLRConfig | None = None, **kw) -> None:
         super().__init__(backbone, cfg, **kw)
         c = self.cfg
-        self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers)
+        self.projector = (nn.Identity() if c.proj_layers == 0 else
+                          projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers))
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         if len(batch.views) != 2:

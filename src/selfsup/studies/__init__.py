@@ -1,0 +1,1 @@
+"""Studies: small fixed-budget grids of SimCLR runs (augmentation pairs, temperature, projection head)."""
