@@ -285,3 +285,23 @@ def test_separate_test_path_supplies_the_test_split(tmp_path):
     assert ds.test.num_images == 4 and ds.has_labels
     with pytest.raises(DataError, match="missing.npz"):
         load_dataset(str(train), test_path=str(tmp_path / "missing.npz"))
+
+
+@pytest.mark.parametrize("name,cls", [("cifar10", "CIFAR10"), ("cifar100", "CIFAR100"), ("stl10", "STL10")])
+def test_torchvision_dataset_offline_says_how_to_point_at_local_files(name, cls, monkeypatch, tmp_path):
+    """No network: a one-line DataError naming the download folder and the --data alternatives."""
+    import urllib.error
+
+    import torchvision.datasets as tvd
+
+    from selfsup.data import DataError, load_dataset
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tvd, cls, offline)
+    monkeypatch.setenv("SELFSUP_DATA", str(tmp_path))
+    with pytest.raises(DataError) as e:
+        load_dataset(name)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / name) in msg and "--data" in msg and "SELFSUP_DATA" in msg

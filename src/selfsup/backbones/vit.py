@@ -209,6 +209,23 @@ class ViT(Backbone):
         out["pooled"] = self.pool_tokens(t)
         return out
 
+    # -- export ---------------------------------------------------------------------------------------
+    export_key_names = "timm"
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights under timm's VisionTransformer names (``patch_embed.proj``, ``mlp.fc1/fc2``, ``pos_embed``
+        of shape (1, 1 + N, D) with a zero slot for the CLS token, which gets no position embedding here), so
+        ``timm.create_model(..., img_size, patch_size, embed_dim, depth, num_heads, num_classes=0)`` loads them."""
+        out: dict[str, torch.Tensor] = {}
+        for k, v in self.state_dict().items():
+            if k == "pos_embed":
+                continue
+            k = k.replace("patch_embed.", "patch_embed.proj.").replace(".mlp.0.", ".mlp.fc1.")
+            out[k.replace(".mlp.2.", ".mlp.fc2.")] = v
+        pos = self.pos_embed_for(self.grid).detach()
+        out["pos_embed"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
+        return out
+
     # -- attention --------------------------------------------------------------------------------------
     @torch.no_grad()
     def get_last_attention(self, x: torch.Tensor) -> torch.Tensor:
