@@ -66,8 +66,32 @@ class ColorizationConfig:
         check_decoder(self.output_stride, self.decoder_width, self.decoder_blocks)
 
 
+class LabInputMethod(Method):
+    """Base of the methods whose backbone sees Lab channels of RGB data (colorization, split-brain).
+
+    The engine builds the backbone with 1 input channel; the dataset's mean/std reach the Lab converter
+    (``self.to_lab``, set by the subclass) through :meth:`make_views`; evaluation goes through a wrapper that
+    converts the normalised RGB images first, so every protocol works unchanged.
+    """
+
+    to_lab: NormalizedRGBToLab
+
+    @classmethod
+    def backbone_in_channels(cls, data_channels: int) -> int:
+        require_rgb(cls.method_name(), data_channels)
+        return 1
+
+    def make_views(self, image_size, mean, std, augment=None):
+        views = super().make_views(image_size, mean, std, augment)
+        self.to_lab.set_stats(mean, std)
+        return views
+
+    def eval_backbone(self):
+        return InputTransformBackbone(self.to_lab, self.backbone, data_channels=3)
+
+
 @register_method("colorization", help="predict ab colour from L in Lab space (Zhang et al. 2016); backbone sees L")
-class Colorization(Method):
+class Colorization(LabInputMethod):
     Config = ColorizationConfig
     default_augment = "crop-flip"
     default_optimizer = "adamw"
@@ -84,19 +108,6 @@ class Colorization(Method):
         out = q if c.loss == "classification" else 2
         self.decoder = ConvDecoder(backbone.num_features, out, c.decoder_width, c.decoder_blocks)
         self.prior = ClassPrior(q)
-
-    @classmethod
-    def backbone_in_channels(cls, data_channels: int) -> int:
-        require_rgb("colorization", data_channels)
-        return 1
-
-    def make_views(self, image_size, mean, std, augment=None):
-        views = super().make_views(image_size, mean, std, augment)
-        self.to_lab.set_stats(mean, std)
-        return views
-
-    def eval_backbone(self):
-        return InputTransformBackbone(self.to_lab, self.backbone, data_channels=3)
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         c = self.cfg

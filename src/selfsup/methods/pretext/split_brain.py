@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from ...augment.color import AB_SCALE, NormalizedRGBToLab, ab_bin_centers, encode_ab, quantize_l, scale_lab
-from ...backbones.adapt import ChannelSplitBackbone, InputTransformBackbone, with_in_channels
+from ...backbones.adapt import ChannelSplitBackbone, with_in_channels
 from ...components.base import StepContext
 from ...config import ConfigError
 from ...heads.pretext_decoders import ConvDecoder, last_stage_map
 from ...losses.pretext import soft_cross_entropy
-from ..base import Method, MethodOutput, ViewBatch, register_method
-from .colorization import check_decoder, require_rgb
+from ..base import MethodOutput, ViewBatch, register_method
+from .colorization import LabInputMethod, check_decoder
 
 
 @dataclass
@@ -54,7 +54,7 @@ class SplitBrainConfig:
 
 @register_method("split-brain",
                  help="two sub-networks predict L->ab and ab->L; features concatenated (Zhang et al. 2017)")
-class SplitBrain(Method):
+class SplitBrain(LabInputMethod):
     Config = SplitBrainConfig
     default_augment = "crop-flip"
     default_optimizer = "adamw"
@@ -74,19 +74,6 @@ class SplitBrain(Method):
         d = backbone.num_features
         self.decode_ab = ConvDecoder(d, self.centers.shape[0] if cls else 2, c.decoder_width, c.decoder_blocks)
         self.decode_l = ConvDecoder(d, c.l_bins if cls else 1, c.decoder_width, c.decoder_blocks)
-
-    @classmethod
-    def backbone_in_channels(cls, data_channels: int) -> int:
-        require_rgb("split-brain", data_channels)
-        return 1
-
-    def make_views(self, image_size, mean, std, augment=None):
-        views = super().make_views(image_size, mean, std, augment)
-        self.to_lab.set_stats(mean, std)
-        return views
-
-    def eval_backbone(self):
-        return InputTransformBackbone(self.to_lab, self.backbone, data_channels=3)
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         c = self.cfg
