@@ -14,7 +14,7 @@ from torch import nn
 from ..config import ConfigError
 from ..registry import BACKBONES
 from .base import Backbone, BackboneSpec
-from .vit import default_patch_size
+from .vit import ViT, default_patch_size
 
 
 class TimmViT(Backbone):
@@ -29,13 +29,7 @@ class TimmViT(Backbone):
         self.prefix = model.num_prefix_tokens
         self.stage_names = tuple(f"block{i + 1}" for i in range(self.depth))
 
-    def grid_for(self, x: torch.Tensor) -> tuple[int, int]:
-        self.check_input(x)
-        h, w = x.shape[-2:]
-        p = self.patch_size
-        if h % p or w % p:
-            raise ConfigError(f"image size {h}x{w} is not divisible by backbone.patch_size={p}")
-        return h // p, w // p
+    grid_for = ViT.grid_for  # same geometry and the same one-line error as our ViT
 
     def embed(self, x: torch.Tensor, *, keep: torch.Tensor | None = None, mask: torch.Tensor | None = None,
               mask_token: torch.Tensor | None = None) -> torch.Tensor:
