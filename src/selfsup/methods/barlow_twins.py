@@ -40,8 +40,25 @@ class BarlowTwinsConfig:
             raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
 
 
+class ProjectedPairMethod(Method):
+    """Shared body of the redundancy-reduction methods (Barlow Twins, VICReg): one backbone pass over both
+    views, one projector built from the config's ``proj_hidden_dim``/``proj_dim``/``proj_layers``."""
+
+    def __init__(self, backbone, cfg=None, **kw) -> None:
+        super().__init__(backbone, cfg, **kw)
+        c = self.cfg
+        self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers)
+
+    def project(self, batch: ViewBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(h of the first view (B, D), z1 (B, P), z2 (B, P)) of this rank's batch."""
+        check_two_views(batch.views, self.method_name())
+        h = self.backbone(torch.cat(batch.views))
+        z1, z2 = self.projector(h).chunk(2)
+        return h[: z1.shape[0]], z1, z2
+
+
 @register_method("barlow-twins", help="Barlow Twins: cross-correlation of two views pushed to identity (Zbontar et al. 2021)")
-class BarlowTwins(Method):
+class BarlowTwins(ProjectedPairMethod):
     Config = BarlowTwinsConfig
     default_augment = "byol"
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
@@ -50,15 +67,8 @@ class BarlowTwins(Method):
     default_weight_decay = 1e-4
     test_overrides = {"proj_hidden_dim": 64, "proj_dim": 64}
 
-    def __init__(self, backbone, cfg: BarlowTwinsConfig | None = None, **kw) -> None:
-        super().__init__(backbone, cfg, **kw)
-        c = self.cfg
-        self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers)
-
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        check_two_views(batch.views, "barlow-twins")
-        h = self.backbone(torch.cat(batch.views))
-        z1, z2 = self.projector(h).chunk(2)
+        h1, z1, z2 = self.project(batch)
         # the cross-correlation over the global batch, identical on every rank (components/gather.py: scaling)
         loss = self.cfg.scale_loss * barlow_twins_loss(gather_with_grad(z1), gather_with_grad(z2), self.cfg.lambd)
-        return MethodOutput(loss=loss, embedding=h[: z1.shape[0]].detach())
+        return MethodOutput(loss=loss, embedding=h1.detach())

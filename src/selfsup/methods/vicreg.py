@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..components.base import StepContext
 from ..components.gather import gather_with_grad
-from ..heads.mlp import projection_head
 from ..losses.redundancy import covariance_loss, invariance_loss, variance_loss
-from .base import Method, MethodOutput, ViewBatch, register_method
-from .byol import check_two_views
+from .barlow_twins import ProjectedPairMethod
+from .base import MethodOutput, ViewBatch, register_method
 from ..config import ConfigError
 
 
@@ -42,7 +39,7 @@ class VICRegConfig:
 
 
 @register_method("vicreg", help="VICReg: variance, invariance and covariance terms (Bardes et al. 2022)")
-class VICReg(Method):
+class VICReg(ProjectedPairMethod):
     Config = VICRegConfig
     default_augment = "byol"
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
@@ -51,20 +48,13 @@ class VICReg(Method):
     default_weight_decay = 1e-4
     test_overrides = {"proj_hidden_dim": 64, "proj_dim": 64}
 
-    def __init__(self, backbone, cfg: VICRegConfig | None = None, **kw) -> None:
-        super().__init__(backbone, cfg, **kw)
-        c = self.cfg
-        self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers)
-
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        check_two_views(batch.views, "vicreg")
         c = self.cfg
-        h = self.backbone(torch.cat(batch.views))
-        z1, z2 = self.projector(h).chunk(2)
+        h1, z1, z2 = self.project(batch)
         z1, z2 = gather_with_grad(z1), gather_with_grad(z2)  # variance/covariance over the global batch
         inv = invariance_loss(z1, z2)
         var = (variance_loss(z1, c.gamma) + variance_loss(z2, c.gamma)) / 2
         cov = covariance_loss(z1) + covariance_loss(z2)
         loss = c.sim_weight * inv + c.var_weight * var + c.cov_weight * cov
         logs = {"invariance": inv.detach(), "variance": var.detach(), "covariance": cov.detach()}
-        return MethodOutput(loss=loss, logs=logs, embedding=h[: z1.shape[0]].detach())
+        return MethodOutput(loss=loss, logs=logs, embedding=h1.detach())
