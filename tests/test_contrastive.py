@@ -153,17 +153,28 @@ def test_moco_key_encoder_follows_query_encoder():
         assert torch.allclose(t, 0.9 * t0 + 0.1 * s, atol=1e-6)
 
 
-def test_forward_in_splits_normalises_each_group_and_restores_order():
+def test_forward_in_splits_normalises_each_strided_group_and_keeps_order():
     bn = nn.BatchNorm1d(3)
     x = torch.randn(8, 3)
-    out = forward_in_splits(bn, x, 2)
-    assert torch.allclose(out, torch.cat([bn(x[:4]), bn(x[4:])]), atol=1e-6)
-    perm = torch.randperm(8)
-    shuffled = forward_in_splits(bn, x, 2, perm)
     expected = torch.empty_like(x)
-    expected[perm] = torch.cat([bn(x[perm[:4]]), bn(x[perm[4:]])])
-    assert torch.allclose(shuffled, expected, atol=1e-6)
-    assert torch.allclose(forward_in_splits(lambda t: t * 2, x, 4, perm), x * 2)
+    expected[0::2], expected[1::2] = bn(x[0::2]), bn(x[1::2])  # strided groups: a rank's slice of a global group
+    assert torch.allclose(forward_in_splits(bn, x, 2), expected, atol=1e-6)
+    assert torch.allclose(forward_in_splits(lambda t: t * 2, x, 4), x * 2)
+
+
+def test_moco_keys_come_from_shuffled_bn_groups_in_batch_order():
+    m = _moco(bn_splits=2)
+    x = torch.randn(8, 3, 16, 16)
+    torch.manual_seed(5)
+    keys = m._key(x)
+    torch.manual_seed(5)
+    perm = torch.randperm(8)
+    with torch.no_grad():
+        shuffled = forward_in_splits(m.key_encoder, x[perm], 2)
+    assert torch.allclose(keys, F.normalize(shuffled[perm.argsort()], dim=1), atol=1e-5)
+    with torch.no_grad():  # not the unshuffled groups: a query and its key see different BN statistics
+        plain = F.normalize(forward_in_splits(m.key_encoder, x, 2), dim=1)
+    assert not torch.allclose(keys, plain, atol=1e-4)
 
 
 @pytest.mark.parametrize("over,batch,match", [

@@ -4,6 +4,11 @@ Row i holds a running average of image i's embedding. A method reads the rows of
 randomly drawn other images (negatives), and stages its new embeddings with :meth:`MemoryBank.stage`; the engine
 then calls :meth:`after_step`, which applies ``v_i ← normalize(m·v_i + (1 − m)·f_i)`` (m = 0.5 in both papers).
 The rows are a buffer, so checkpoints hold them and ``--resume`` continues with the same bank.
+
+Under torchrun every rank holds the whole bank: the staged embeddings and indices are gathered from all ranks
+(every rank applies the same update), and negatives are drawn for the global batch from the rank-synchronised
+torch RNG, each rank keeping its rows; two processes with batch B/2 thus draw and write exactly what one process
+with batch B does.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from .base import SharedPart, StepContext
+from .gather import gather_no_grad, rank_rows
 
 
 class MemoryBank(SharedPart):
@@ -41,10 +47,12 @@ class MemoryBank(SharedPart):
     def sample_indices(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, k) uniform draws (with replacement, as NPID) from all rows except ``index[b]`` for row b.
 
-        Drawing r from [0, size − 1) and shifting r ≥ index[b] up by one excludes exactly the positive.
+        Drawing r from [0, size − 1) and shifting r ≥ index[b] up by one excludes exactly the positive. The
+        draws are made for the global batch (every rank's indices) and this rank keeps its rows.
         """
-        r = torch.randint(0, self.size - 1, (index.shape[0], k), device=self.rows.device, generator=generator)
-        return r + (r >= index[:, None]).long()
+        every = gather_no_grad(index)
+        r = torch.randint(0, self.size - 1, (every.shape[0], k), device=self.rows.device, generator=generator)
+        return rank_rows(r + (r >= every[:, None].to(r.device)).long(), index.shape[0])
 
     def positives_and_negatives(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None
                                 ) -> torch.Tensor:
@@ -55,8 +63,9 @@ class MemoryBank(SharedPart):
         return self.lookup(torch.cat([index[:, None], self.sample_indices(index, k, generator)], dim=1))
 
     def stage(self, index: torch.Tensor, features: torch.Tensor) -> None:
-        """Remember this step's embeddings (B, dim); :meth:`after_step` writes them after the optimizer step."""
-        self._pending = (index.detach(), features.detach())
+        """Remember this step's embeddings (B, dim) of every rank; :meth:`after_step` writes them after the
+        optimizer step."""
+        self._pending = (gather_no_grad(index), gather_no_grad(features))
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, features: torch.Tensor) -> None:

@@ -8,7 +8,8 @@ images of the batch are the negatives (``--set loss=contrastive|triplet|npair|in
 - ``infonce``: Oord et al. 2018 InfoNCE with explicit negatives: view 1 of image i against view 2 of every image
   (no same-view negatives, unlike NT-Xent), temperature ``temperature``.
 
-Every loss is applied in both directions (view 1 as anchors, then view 2) and averaged.
+Every loss is applied in both directions (view 1 as anchors, then view 2) and averaged. Under torchrun the
+embeddings of every rank are gathered (with gradients), so the negatives are the global batch's.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..components.base import StepContext
+from ..components.gather import gather_with_grad
 from ..config import ConfigError
 from ..heads.mlp import projection_head
 from ..losses.contrastive import info_nce
@@ -58,6 +60,7 @@ class MetricLearning(Method):
 
     Config = MetricConfig
     default_augment = "simclr"
+    needs_sync_bn = True  # BN statistics over the global batch, as SimCLR
     base_lr = 0.3
     default_weight_decay = 1e-4
 
@@ -84,5 +87,7 @@ class MetricLearning(Method):
             raise ValueError(f"metric expects 2 views, got {len(batch.views)} (augment.n_views)")
         h = self.backbone(torch.cat(batch.views))  # one pass over both views, as SimCLR
         z1, z2 = self.projector(h).chunk(2)
+        # negatives from every rank: the same global loss on each rank (components/gather.py explains the scaling)
+        z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
         loss = 0.5 * (self.pair_loss(z1, z2) + self.pair_loss(z2, z1))
         return MethodOutput(loss=loss, embedding=h[: z1.shape[0]].detach())

@@ -11,6 +11,14 @@ current keys from the queue's without learning anything (MoCo §3.3). MoCo shuff
 one device we emulate that: both encoders run on ``bn_splits`` groups of the batch, each group normalised with
 its own statistics, and the keys' groups are drawn after a random permutation, so a query and its key are
 normalised with statistics of different sets of images (the "SplitBatchNorm" of the authors' CIFAR demo).
+
+Under torchrun the same thing happens over the global batch, so that W processes with batch B/W compute what
+one process with batch B does: the key images of every rank are gathered, permuted with the rank-synchronised
+RNG, and each rank encodes its slice of the permuted batch; groups are strided (rows g, g + S, ...), so with
+synchronised BN (the default under torchrun) group g is the union of every rank's local group g. The keys are
+gathered back into the original order, every rank contrasts its queries with all current keys and pushes all of
+them (with their image ids) into its queue, which therefore stays identical across ranks. With
+``train.sync_bn=false`` each rank's groups are normalised alone, which is the paper's per-GPU shuffled BN.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from torch import nn
 
 from ..components.base import StepContext
 from ..components.ema import EMATeacher
+from ..components.gather import gather_no_grad, global_rows, rank, rank_rows, world_size
 from ..components.queue import FeatureQueue
 from ..components.schedules import Cosine
 from ..config import ConfigError
@@ -47,18 +56,16 @@ def check_positive_temperature(value: float, name: str = "method.temperature") -
         raise ConfigError(f"{name} must be > 0, got {value}")
 
 
-def forward_in_splits(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, splits: int,
-                      perm: torch.Tensor | None = None) -> torch.Tensor:
-    """``fn`` applied to ``splits`` equal groups of ``x`` (B, ...) so that BN layers see each group alone.
+def forward_in_splits(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, splits: int) -> torch.Tensor:
+    """``fn`` applied to ``splits`` strided groups of ``x`` (B, ...), rows g, g + S, g + 2S, ..., so that BN layers
+    see each group alone; outputs in the order of ``x``. B must be a multiple of ``splits``.
 
-    With ``perm`` (B,) the groups are formed from ``x[perm]`` and the outputs are put back in the original order.
+    Strided, not contiguous: a rank's local group g is then a slice of the global group g whatever the rank's
+    offset in the global batch, so synchronised BN over the ranks normalises exactly the one-process groups.
     """
-    if perm is not None:
-        x = x[perm]
-    out = fn(x) if splits == 1 else torch.cat([fn(c) for c in x.chunk(splits)])
-    if perm is not None:
-        out = out[perm.argsort()]
-    return out
+    if splits == 1:
+        return fn(x)
+    return torch.stack([fn(x[g::splits]) for g in range(splits)], dim=1).flatten(0, 1)
 
 
 @dataclass
@@ -98,6 +105,7 @@ class MoCo(Method):
 
     Config = MoCoConfig
     default_augment = "moco-v1"
+    needs_sync_bn = True  # under torchrun: the BN groups of bn_splits span the global batch, as in one process
     base_lr = 0.03  # SGD at batch 256, as in the paper
     default_weight_decay = 1e-4
     test_overrides = {"queue_size": 64, "bn_splits": 2}
@@ -118,13 +126,13 @@ class MoCo(Method):
     def check_batch_size(self, batch_size: int) -> None:
         """The queue is filled in whole batches and BN groups must be equal: raise a ConfigError naming the option."""
         c = self.cfg
-        pushed = batch_size * (2 if c.symmetric else 1)
+        pushed = global_rows(batch_size) * (2 if c.symmetric else 1)
         if c.queue_size % pushed:
-            what = "twice the batch size (symmetric loss)" if c.symmetric else "the batch size"
+            what = "twice the global batch size (symmetric loss)" if c.symmetric else "the global batch size"
             raise ConfigError(f"method.queue_size ({c.queue_size}) must be a multiple of {what} ({pushed})")
         if batch_size % c.bn_splits or batch_size // c.bn_splits < 2:
-            raise ConfigError(f"method.bn_splits ({c.bn_splits}) must divide the batch size ({batch_size}) into "
-                              "groups of at least 2 images")
+            raise ConfigError(f"method.bn_splits ({c.bn_splits}) must divide the per-process batch size "
+                              f"({batch_size}) into groups of at least 2 images")
 
     def _query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = forward_in_splits(self.backbone, x, self.cfg.bn_splits)
@@ -132,27 +140,34 @@ class MoCo(Method):
 
     @torch.no_grad()
     def _key(self, x: torch.Tensor) -> torch.Tensor:
-        perm = torch.randperm(x.shape[0], device=x.device) if self.cfg.bn_splits > 1 else None
-        return F.normalize(forward_in_splits(self.key_encoder, x, self.cfg.bn_splits, perm), dim=1)
+        """Keys (W·B, D) of every rank's images x (B, ...), in global-batch order, from shuffled BN groups."""
+        if self.cfg.bn_splits == 1 and world_size() == 1:
+            return F.normalize(self.key_encoder(x), dim=1)
+        every = gather_no_grad(x)
+        perm = torch.randperm(every.shape[0], device=x.device)  # the global RNG: the same on every rank
+        mine = rank_rows(every[perm], x.shape[0])
+        k = gather_no_grad(forward_in_splits(self.key_encoder, mine, self.cfg.bn_splits))
+        return F.normalize(k[perm.argsort()], dim=1)
 
     def _contrast(self, q: torch.Tensor, k: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        """InfoNCE of q (B, D) over k⁺ and the queue's keys: one logit matrix against [B current keys | queue].
+        """InfoNCE of q (B, D) over k⁺ and the queue's keys: one logit matrix against [N current keys | queue],
+        k (N, D) holding the keys of every rank (N = W·B), this rank's positives at rows ``rank·B + i``.
 
-        Masked out: the B − 1 other current keys (MoCo contrasts with the queue only) except while the queue is
+        Masked out: the N − 1 other current keys (MoCo contrasts with the queue only) except while the queue is
         still empty, i.e. at the first step, when they are the only negatives; the queue rows not yet written
         (MoCo leaves random vectors there, easy negatives that only add noise); and, with mask_same_image, queued
         keys of the query's own image.
         """
         b, queue = q.shape[0], self.queue
         keys = torch.cat([k.float(), queue.rows])
+        positive = torch.arange(b, device=q.device) + rank() * b
         empty = queue.filled == 0
-        others = ~torch.eye(b, dtype=torch.bool, device=q.device) & ~empty
+        others = (torch.arange(k.shape[0], device=q.device)[None, :] != positive[:, None]) & ~empty
         unwritten = torch.arange(queue.size, device=q.device) >= queue.filled
         queue_mask = unwritten[None, :].expand(b, -1)
         if self.cfg.mask_same_image and index is not None:
             queue_mask = queue_mask | (queue.ids[None, :] == index[:, None])
         mask = torch.cat([others, queue_mask], dim=1)
-        positive = torch.arange(b, device=q.device)
         return info_nce(q.float(), keys, positive, self.cfg.temperature, mask=mask)
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
@@ -161,17 +176,18 @@ class MoCo(Method):
         x1, x2 = batch.views
         self.check_batch_size(x1.shape[0])
         q1, h1 = self._query(x1)
-        k2 = self._key(x2)
+        k2 = self._key(x2)  # every rank's keys
         loss = self._contrast(q1, k2, batch.index)
-        keys, ids = k2, batch.index
+        keys = k2
+        ids = gather_no_grad(batch.index) if batch.index is not None else None
         if self.cfg.symmetric:
             q2, _ = self._query(x2)
             k1 = self._key(x1)
             loss = 0.5 * (loss + self._contrast(q2, k1, batch.index))
             keys = torch.cat([k2, k1])
-            ids = torch.cat([batch.index, batch.index]) if batch.index is not None else None
+            ids = torch.cat([ids, ids]) if ids is not None else None
         self.queue.push(keys, ids)  # after the loss: the current keys are not their own negatives
-        logs = {"pos_cos": (q1.detach().float() * k2.float()).sum(1).mean()}
+        logs = {"pos_cos": (q1.detach().float() * rank_rows(k2, q1.shape[0]).float()).sum(1).mean()}
         return MethodOutput(loss=loss, logs=logs, embedding=h1.detach())
 
 

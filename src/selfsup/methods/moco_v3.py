@@ -16,6 +16,7 @@ from torch import nn
 
 from ..components.base import StepContext
 from ..components.ema import EMATeacher
+from ..components.gather import gather_no_grad, rank
 from ..config import ConfigError
 from ..heads.mlp import mlp
 from ..losses.contrastive import info_nce
@@ -42,9 +43,14 @@ class MoCoV3Config:
 
 
 def ctr_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
-    """MoCo v3's ``ctr(q, k)``: InfoNCE of q (B, D) against the keys k (B, D) of the batch, scaled by 2τ."""
-    q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
-    target = torch.arange(q.shape[0], device=q.device)
+    """MoCo v3's ``ctr(q, k)``: InfoNCE of q (B, D) against the keys k (B, D) of the batch, scaled by 2τ.
+
+    Under torchrun the keys (no gradient: they come from the momentum encoder) of every rank are the negatives,
+    q's positives sitting at rows ``rank·B + i``; the mean over this rank's queries, averaged by the engine over
+    the ranks, is the one-process loss over the global batch.
+    """
+    q, k = F.normalize(q.float(), dim=1), F.normalize(gather_no_grad(k.float()), dim=1)
+    target = torch.arange(q.shape[0], device=q.device) + rank() * q.shape[0]
     return 2 * temperature * info_nce(q, k, target, temperature)
 
 
@@ -54,6 +60,7 @@ class MoCoV3(Method):
 
     Config = MoCoV3Config
     default_augment = "moco-v3"
+    needs_sync_bn = True  # BN statistics over the global batch, as in the paper (SyncBN)
     default_optimizer = "sgd"  # the paper uses LARS at batch 4096; SGD suits batch 256 (see docs/contrastive.md)
     base_lr = 0.3
     default_weight_decay = 1e-4

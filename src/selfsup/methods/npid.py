@@ -12,12 +12,14 @@ After each optimizer step the bank moves towards the batch's features with momen
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..components.base import StepContext
+from ..components.gather import gather_no_grad, global_rows, world_size
 from ..components.memory_bank import MemoryBank
 from ..config import ConfigError
 from ..heads.mlp import projection_head
@@ -35,6 +37,14 @@ def check_bank_options(loss: str, num_negatives: int, bank_momentum: float) -> N
         raise ConfigError(f"method.num_negatives must be >= 1, got {num_negatives}")
     if not 0.0 <= bank_momentum < 1.0:
         raise ConfigError(f"method.bank_momentum must be in [0, 1), got {bank_momentum}")
+
+
+def global_log_norm(neg_logits: torch.Tensor) -> torch.Tensor:
+    """:func:`nce_log_norm` over the noise logits (N, m) of every rank's rows (the local estimate in one process)."""
+    if world_size() == 1:
+        return nce_log_norm(neg_logits)
+    lse = torch.logsumexp(neg_logits.detach().float().flatten(), 0).reshape(1)
+    return torch.logsumexp(gather_no_grad(lse), 0) - math.log(global_rows(neg_logits.shape[0]))
 
 
 class BankLoss(torch.nn.Module):
@@ -55,8 +65,9 @@ class BankLoss(torch.nn.Module):
             target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
             return info_nce(x, keys, target, self.temperature)
         logits = torch.einsum("bd,bkd->bk", x, keys) / self.temperature
-        if self.training:  # estimate Z once, from the first batch's noise samples
-            self.log_norm.copy_(torch.where(torch.isinf(self.log_norm), nce_log_norm(logits[:, 1:]), self.log_norm))
+        if self.training:  # estimate Z once, from the first global batch (no host sync to test "once")
+            first = torch.isinf(self.log_norm)
+            self.log_norm.copy_(torch.where(first, global_log_norm(logits[:, 1:]), self.log_norm))
         return nce_loss(logits[:, 0], logits[:, 1:], self.log_norm)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..augment.jigsaw import jigsaw_tiles, permute_tiles, random_permutations
 from ..components.base import StepContext
+from ..components.gather import global_rows, rank_rows
 from ..components.memory_bank import MemoryBank
 from ..config import ConfigError
 from ..heads.mlp import mlp
@@ -72,7 +73,8 @@ class PIRL(Method):
         """g(v_It) for images x (B, C, H, W): tiles shuffled per sample, encoded one by one, then combined."""
         b, g = x.shape[0], self.cfg.grid
         tiles = jigsaw_tiles(x, g)  # (B, g², C, h, w)
-        tiles = permute_tiles(tiles, random_permutations(b, g * g, device=x.device))
+        perms = rank_rows(random_permutations(global_rows(b), g * g, device=x.device), b)  # drawn for the global batch
+        tiles = permute_tiles(tiles, perms)
         z = self.head_tile(self.backbone(tiles.flatten(0, 1)))  # (B·g², proj_dim)
         return self.head_g(z.reshape(b, -1))
 
