@@ -39,6 +39,8 @@ def main() -> None:
             raise SystemExit(f"{path}: no 'layers' result; run `selfsup eval {run} --protocol layers`")
         stages = ev["layers"]["params"]["stages"]
         name = ev.get("protocol", {}).get("method") or Path(run).name
+        if name in curves:  # two runs of one method: tell them apart by directory
+            name = f"{name} ({Path(run).name})"
         curves[name] = dict(zip(stages, _curve(ev["layers"], stages)))
         base = (ev.get("baseline") or {}).get("layers")
         if base is not None and baseline is None:
