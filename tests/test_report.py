@@ -247,6 +247,14 @@ def test_plots_have_titles_and_axis_labels(full_run):
                 plots.plot_grouped_bars(["none", "mlp"], {"h": [1, 2], "z": [1, 1]}, title="b", xlabel="head",
                                         ylabel="top-1")):
         _check_labelled(fig)
+    for fig in (plots.plot_sweep([0.1, 0.5], {"knn": [1, 2]}, title="s", xlabel="τ", ylabel="top-1",
+                                 refs={"random init knn": 0.7}),
+                plots.plot_grouped_bars(["a"], {"h": [1]}, title="b", xlabel="x", ylabel="y",
+                                        refs={"random init knn": 0.7})):
+        ax = fig.axes[0]
+        labels = ax.get_legend_handles_labels()[1]
+        assert "random init knn" in labels and any(list(ln.get_ydata()) == [0.7, 0.7] for ln in ax.get_lines())
+        plots.pyplot().close(fig)
     assert len(plots.plot_monitors(recs).axes) == 3  # only the monitors present
     assert plots.plot_curves([]) is None and plots.plot_knn(recs[:3]) is None
     grid = plots.image_grid([("original", list(torch.zeros(3, 3, 8, 8, dtype=torch.uint8))),

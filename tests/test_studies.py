@@ -130,11 +130,16 @@ def test_augmentation_study_end_to_end(tmp_path):
     assert res["claim_crop_color_strongest"]["pairs"] == 1
     md = _check_files(res, "augmentations")
     assert "| crop |" in md and "2 steps" in md
+    base = res["random_init"]["knn_top1"]  # the untrained backbone, probed on the same images
+    assert 0 <= base <= 1 and "Random-init baseline" in md and "random-init backbone" in md
+    assert res["below_random_init"] == [c["transforms"] for c in res["cells"] if c["knn_top1"] <= base]
+    assert json.loads((tmp_path / "aug" / "cells" / "random-init" / "cell.json").read_text())["knn_top1"] == base
     cell = tmp_path / "aug" / "cells" / "crop+color"
     assert (cell / "cell.json").is_file() and (cell / "metrics.jsonl").is_file()
     assert not (cell / "checkpoints").exists()  # deleted after probing
     again = AugmentationStudy(_settings(tmp_path, "aug"), data).run(["crop", "color"])  # finished cells reused
     assert again["matrix"] == m and again["cells"][0]["train_s"] == res["cells"][0]["train_s"]
+    assert again["random_init"] == res["random_init"]
 
 
 def test_temperature_and_projection_head_studies(tmp_path):
@@ -152,6 +157,7 @@ def test_temperature_and_projection_head_studies(tmp_path):
     assert set(res["metrics"]) == {"h_knn_top1", "z_knn_top1", "h_linear_top1", "z_linear_top1"}
     assert set(res["claims"]) == {"mlp_head_helps_h", "h_beats_z_with_mlp", "metric"}
     assert "| mlp |" in _check_files(res, "projection-head")
+    assert set(res["random_init"]) == {"knn_top1", "linear_top1"}  # h of the untrained backbone
     with pytest.raises(ConfigError, match="known: none, linear, mlp"):
         ProjectionHeadStudy(_settings(tmp_path, "head2"), data).run(["deep"])
 

@@ -24,6 +24,7 @@ class AugmentationStudy(Study):
         names = canonical_names(transforms) if transforms else list(TRANSFORMS)
         metric = "knn_top1" if "knn" in self.s.probes else "linear_top1"
         n = len(names)
+        base = self.baseline()[metric]
         matrix = [[math.nan] * n for _ in range(n)]
         cells = []
         for i in range(n):
@@ -39,7 +40,8 @@ class AugmentationStudy(Study):
         results = {**self.header(), "transforms": names, "metric": metric, "matrix": matrix, "cells": cells,
                    "best": {"transforms": best["transforms"], metric: best[metric]},
                    "ranking": [{"transforms": c["transforms"], metric: c[metric]}
-                               for c in sorted(cells, key=lambda c: -c[metric])]}
+                               for c in sorted(cells, key=lambda c: -c[metric])],
+                   "below_random_init": [c["transforms"] for c in cells if c[metric] <= base]}
         if {"crop", "color"} <= set(names) and off:
             cc = next(c for c in off if set(c["transforms"]) == {"crop", "color"})
             rank = 1 + sum(c[metric] > cc[metric] for c in off)
@@ -48,13 +50,15 @@ class AugmentationStudy(Study):
         from ..viz.plots import heatmap
 
         fig = heatmap([[100 * v for v in row] for row in matrix], names, names,
-                      title=f"SimCLR augmentation pairs: {metric.replace('_', ' ')} (%), {self.s.budget()} per cell",
+                      title=f"SimCLR augmentation pairs: {metric.replace('_', ' ')} (%), {self.s.budget()} per cell"
+                            f"\n(random-init backbone: {pct(base)} %)",
                       xlabel="second transformation", ylabel="first transformation", cbar=f"{metric} (%)")
         md = (f"## Augmentation pairs ({metric}, %)\n\n"
               + md_table(["first \\ second"] + names, [[a] + [pct(v) for v in row] for a, row in zip(names, matrix)])
               + f"\nStrongest pair: {' + '.join(best['transforms'])} ({pct(best[metric])}%)."
               + (f" crop + color ranks {results['claim_crop_color_strongest']['rank_among_pairs']} of {len(off)} "
                  "pairs." if "claim_crop_color_strongest" in results else "")
+              + f" {len(results['below_random_init'])} of {len(cells)} cells do not beat the random-init backbone."
               + "\n" + footer(self))
         results["files"] = {k: str(v) for k, v in self.write(results, fig, md).items()}
         return results

@@ -4,7 +4,8 @@ A study is a grid of *cells*; each cell is one short SimCLR pretraining with the
 optimizer steps, or ``--budget-min`` minutes of wall-clock with the schedule sized to it) followed by frozen-
 feature probes (kNN k = 20 and, when asked, the cached linear probe) on subsets of the train/test splits.
 Each cell is a normal run directory under ``OUT/cells/<cell>/`` (config.yaml, metrics.jsonl, run.json) plus
-``cell.json`` with its probe results; a study run again into the same ``--out`` reuses finished cells (pass
+``cell.json`` with its probe results. Every study also probes the untrained backbone (``OUT/cells/random-init/``,
+the cells' shared initial weights): the floor a cell must clear to have learned anything. A study run again into the same ``--out`` reuses finished cells (pass
 ``--overwrite`` to recompute them). Checkpoints are deleted after probing unless ``--keep-checkpoints``.
 """
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Study:
                               "test splits")
         self.device = resolve_device(settings.device)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.base: dict[str, Any] | None = None  # the random-init probes, once baseline() ran
 
     # ------------------------------------------------------------------------------------------ one cell
     def config(self, method: dict[str, Any]) -> RunConfig:
@@ -138,6 +140,30 @@ class Study:
             print(f"{self.name}: {cell}: {res.steps} steps in {train_s:.0f}s, {shown}", file=sys.stderr, flush=True)
         return result
 
+    def baseline(self) -> dict[str, Any]:
+        """Probes of the untrained backbone, cached in ``OUT/cells/random-init/cell.json``.
+
+        ``build_run`` seeds the weights from ``train.seed`` before anything else is built, so this backbone is
+        every cell's starting point whatever the cell's method settings: the random-init baseline of the
+        evaluation protocols, on the same probe images."""
+        done = self.out / "cells" / "random-init" / "cell.json"
+        cfg = self.config({})
+        key = {"backbone": cfg.to_dict()["backbone"], "seed": self.s.seed, "probes": list(self.s.probes),
+               "eval_images": [self.s.eval_train, self.s.eval_test], "image_size": self.s.image_size}
+        if done.is_file() and not self.s.overwrite and json.loads(done.read_text()).get("key") == key:
+            self.base = json.loads(done.read_text())
+            return self.base
+        t0 = time.perf_counter()
+        built = build_run(cfg, self.data, self.device)
+        metrics = self._probe_encoders({"h": built.method.eval_backbone()}, prefix=False)
+        self.base = {"cell": "random-init", **metrics, "probe_s": round(time.perf_counter() - t0, 1), "key": key}
+        done.parent.mkdir(parents=True, exist_ok=True)
+        write_json(done, self.base)
+        if not self.s.quiet:
+            shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items())
+            print(f"{self.name}: random-init baseline: {shown}", file=sys.stderr, flush=True)
+        return self.base
+
     def probe(self, cfg: RunConfig, run_dir: Path, probe_head: bool) -> dict[str, float]:
         """kNN (and linear) top-1 of the backbone output h (and of the head output z when ``probe_head``)."""
         _, ckpt = latest_checkpoint(run_dir)
@@ -146,26 +172,31 @@ class Study:
         encoders: dict[str, nn.Module] = {"h": built.method.eval_backbone()}
         if probe_head:
             encoders["z"] = nn.Sequential(built.method.backbone, built.method.projector)
+        return self._probe_encoders(encoders, prefix=probe_head)
+
+    def _probe_encoders(self, encoders: dict[str, nn.Module], prefix: bool) -> dict[str, float]:
         out: dict[str, float] = {}
         d = self.data
         for tag, enc in encoders.items():
             ftr, ytr = extract_features(enc, d.train, d.mean, d.std, self.device, max_images=self.s.eval_train)
             fte, yte = extract_features(enc, d.test, d.mean, d.std, self.device, max_images=self.s.eval_test)
-            prefix = "" if not probe_head else f"{tag}_"
+            pre = f"{tag}_" if prefix else ""
             c = len(d.classes) or None
             if "knn" in self.s.probes:
-                out[f"{prefix}knn_top1"] = knn_accuracy(ftr, ytr, fte, yte, k=20, num_classes=c)
+                out[f"{pre}knn_top1"] = knn_accuracy(ftr, ytr, fte, yte, k=20, num_classes=c)
             if "linear" in self.s.probes:
-                out[f"{prefix}linear_top1"] = linear_probe(ftr, ytr, fte, yte, seed=self.s.seed, num_classes=c)["top1"]
+                out[f"{pre}linear_top1"] = linear_probe(ftr, ytr, fte, yte, seed=self.s.seed, num_classes=c)["top1"]
         return out
 
     # ------------------------------------------------------------------------------------------- outputs
     def header(self) -> dict[str, Any]:
         s = asdict(self.s)
         s.pop("extra", None)
+        base = {k: v for k, v in (self.base or {}).items() if k.endswith("_top1")}
         return {"study": self.name, "budget_per_cell": self.s.budget(), "data": self.data.describe(),
                 "settings": s, "probe_images": {"train": min(self.s.eval_train, self.data.train.num_images),
-                                                "test": min(self.s.eval_test, self.data.test.num_images)}}
+                                                "test": min(self.s.eval_test, self.data.test.num_images)},
+                "random_init": base or None}
 
     def write(self, results: dict[str, Any], fig, markdown: str) -> dict[str, Path]:
         """``OUT/<study>.json``, ``OUT/<study>.png`` and ``OUT/<study>.md``."""
@@ -188,8 +219,17 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def baseline_line(study: Study) -> str:
+    """One Markdown line with the random-init probes (empty before ``baseline()`` ran)."""
+    if study.base is None:
+        return ""
+    shown = ", ".join(f"{k.replace('_top1', '')} {pct(v)} %" for k, v in study.base.items() if k.endswith("_top1"))
+    return f"\nRandom-init baseline (the cells' initial weights, untrained, same probe images): {shown}.\n"
+
+
 def footer(study: Study) -> str:
     h = study.header()
-    return (f"\nBudget per cell: {h['budget_per_cell']} of SimCLR, {study.s.backbone} width {study.s.width:g}, "
-            f"batch {study.s.batch_size}, seed {study.s.seed}; data {h['data']}; probes on the first "
-            f"{h['probe_images']['train']} train / {h['probe_images']['test']} test images (top-1 %).\n")
+    return baseline_line(study) + (
+        f"\nBudget per cell: {h['budget_per_cell']} of SimCLR, {study.s.backbone} width {study.s.width:g}, "
+        f"batch {study.s.batch_size}, seed {study.s.seed}; data {h['data']}; probes on the first "
+        f"{h['probe_images']['train']} train / {h['probe_images']['test']} test images (top-1 %).\n")

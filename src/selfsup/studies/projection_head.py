@@ -21,6 +21,7 @@ class ProjectionHeadStudy(Study):
         unknown = [h for h in heads if h not in HEADS]
         if unknown or not heads:
             raise ConfigError(f"unknown head {unknown or heads}; known: {', '.join(HEADS)}")
+        base = self.baseline()
         cells = [self.run_cell(h, {"proj_layers": HEADS[h]}, probe_head=True) for h in heads]
         metrics = [f"{r}_{p}_top1" for p in self.s.probes for r in ("h", "z")]
         results = {**self.header(), "heads": list(heads), "metrics": metrics, "cells": cells}
@@ -36,7 +37,8 @@ class ProjectionHeadStudy(Study):
         fig = plot_grouped_bars(list(heads), {m.replace("_top1", "").replace("_", " "): [100 * c[m] for c in cells]
                                               for m in metrics},
                                 title=f"Projection head: probing h vs z ({self.s.budget()} per cell)",
-                                xlabel="projection head", ylabel="top-1 (%)")
+                                xlabel="projection head", ylabel="top-1 (%)",
+                                refs={f"random init {p}": 100 * base[f"{p}_top1"] for p in self.s.probes})
         md = ("## Projection head: h (backbone output) vs z (head output)\n\n"
               + md_table(["head"] + [m.replace("_", " ") + " %" for m in metrics],
                          [[h] + [pct(c[m]) for m in metrics] for h, c in zip(heads, cells)])

@@ -21,6 +21,7 @@ class TemperatureStudy(Study):
         bad = [t for t in temps if t <= 0]
         if not temps or bad:
             raise ConfigError(f"--temperatures must be > 0, got {list(temperatures)}")
+        base = self.baseline()
         cells = [self.run_cell(f"t{t:g}", {"temperature": t}) for t in temps]
         metrics = [m for m in ("knn_top1", "linear_top1") if m in cells[0]]
         best = max(cells, key=lambda c: c[metrics[0]])
@@ -30,7 +31,8 @@ class TemperatureStudy(Study):
 
         fig = plot_sweep(temps, {m.replace("_", " "): [100 * c[m] for c in cells] for m in metrics},
                          title=f"NT-Xent temperature sweep ({self.s.budget()} per cell)", xlabel="temperature τ",
-                         ylabel="top-1 (%)", logx=True)
+                         ylabel="top-1 (%)", logx=True,
+                         refs={f"random init {m.replace('_top1', '')}": 100 * base[m] for m in metrics})
         md = ("## NT-Xent temperature sweep\n\n"
               + md_table(["temperature"] + [m.replace("_", " ") + " %" for m in metrics] + ["final loss"],
                          [[f"{t:g}"] + [pct(c[m]) for m in metrics] + [f"{c['final_loss']:.3f}"]

@@ -192,12 +192,19 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], *, tit
     return fig
 
 
+def _ref_lines(ax, refs: dict[str, float] | None) -> None:
+    """Dashed horizontal reference lines (e.g. a random-init baseline), labelled in the legend."""
+    for i, (name, v) in enumerate((refs or {}).items()):
+        ax.axhline(v, color="0.35", linestyle=("--", ":", "-.")[i % 3], linewidth=1.2, label=name)
+
+
 def plot_sweep(x: Sequence[float], ys: dict[str, Sequence[float]], *, title: str, xlabel: str, ylabel: str,
-               logx: bool = False):
-    """One line per metric against a swept hyper-parameter."""
+               logx: bool = False, refs: dict[str, float] | None = None):
+    """One line per metric against a swept hyper-parameter; ``refs``: dashed reference levels."""
     fig, ax = pyplot().subplots(figsize=(6, 4))
     for name, y in ys.items():
         ax.plot(x, y, "o-", label=name)
+    _ref_lines(ax, refs)
     if logx:
         ax.set_xscale("log")
     ax.set_xticks(list(x), [f"{v:g}" for v in x])
@@ -209,8 +216,9 @@ def plot_sweep(x: Sequence[float], ys: dict[str, Sequence[float]], *, title: str
 
 
 def plot_grouped_bars(groups: Sequence[str], bars: dict[str, Sequence[float]], *, title: str, xlabel: str,
-                      ylabel: str):
-    """Grouped bars: one group per entry of ``groups`` (e.g. head), one bar per series (e.g. h / z probe)."""
+                      ylabel: str, refs: dict[str, float] | None = None):
+    """Grouped bars: one group per entry of ``groups`` (e.g. head), one bar per series (e.g. h / z probe);
+    ``refs``: dashed reference levels."""
     import numpy as np
 
     fig, ax = pyplot().subplots(figsize=(1.8 * len(groups) + 2.5, 4))
@@ -220,6 +228,7 @@ def plot_grouped_bars(groups: Sequence[str], bars: dict[str, Sequence[float]], *
         pos = x + (i - (len(bars) - 1) / 2) * width
         rects = ax.bar(pos, vals, width, label=name)
         ax.bar_label(rects, fmt="%.1f", fontsize=7)
+    _ref_lines(ax, refs)
     ax.set_xticks(x, groups)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3, axis="y")
