@@ -26,11 +26,11 @@ from selfsup.backbones import build_backbone  # noqa: E402
 from selfsup.methods import ViewBatch, build_method  # noqa: E402
 
 
-def matmul_gflops(sizes: tuple[int, ...] = (1024, 2048, 3072), reps: int = 5) -> float:
-    """The best median GFLOP/s of a square fp32 matmul over a few sizes (a conservative, i.e. high, peak)."""
+def matmul_gflops(sizes: tuple[int, ...] = (1024, 2048, 3072), reps: int = 5, dtype=torch.float32) -> float:
+    """The best median GFLOP/s of a square matmul over a few sizes (a conservative, i.e. high, peak)."""
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         for _ in range(2):
             a @ b
         times = []
@@ -64,8 +64,8 @@ def make(channels_last: bool, compile_: bool, args):
     return m, fn, views, opt
 
 
-def run_steps(m, fn, views, opt, x, gen, steps: int, channels_last: bool) -> tuple[float, float]:
-    """(seconds per step, seconds of augmentation per step)."""
+def run_steps(m, fn, views, opt, x, gen, steps: int, channels_last: bool, bf16: bool = False) -> tuple[float, float]:
+    """(seconds per step, seconds of augmentation per step); ``bf16``: forward under CPU bf16 autocast."""
     aug_t = 0.0
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -74,7 +74,8 @@ def run_steps(m, fn, views, opt, x, gen, steps: int, channels_last: bool) -> tup
         if channels_last:
             vs = [v.contiguous(memory_format=torch.channels_last) for v in vs]
         aug_t += time.perf_counter() - ta
-        out = fn(ViewBatch(vs))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = fn(ViewBatch(vs))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -90,7 +91,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--variants", default="eager,channels_last,compile,compile+channels_last")
+    p.add_argument("--variants", default="eager,channels_last,compile,compile+channels_last",
+                   help="comma-separated; a '+bf16' suffix adds CPU bf16 autocast, e.g. compile+channels_last+bf16")
     a = p.parse_args()
     if a.quick:
         a.steps, a.repeats = 5, 3
@@ -98,22 +100,28 @@ def main() -> None:
     x = torch.randint(0, 256, (a.batch_size, 3, 32, 32), dtype=torch.uint8, generator=g)
     variants = {}
     for name in a.variants.split(","):
-        cl, comp = "channels_last" in name, "compile" in name
+        cl, comp, bf = "channels_last" in name, "compile" in name, "bf16" in name
         m, fn, views, opt = make(cl, comp, a)
-        run_steps(m, fn, views, opt, x, g, 2, cl)  # warm-up / compilation
-        variants[name] = (m, fn, views, opt, cl)
-    m0, _, v0, _, _ = next(iter(variants.values()))
+        run_steps(m, fn, views, opt, x, g, 2, cl, bf)  # warm-up / compilation
+        variants[name] = (m, fn, views, opt, cl, bf)
+    m0, _, v0, _, _, _ = next(iter(variants.values()))
     flops = step_flops(m0, v0(x, g))
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
-    peaks = []
+    peaks, bf_peaks = [], []
     for r in range(a.repeats):
         peaks.append(matmul_gflops())
-        for name, (m, fn, views, opt, cl) in variants.items():
-            results[name].append(run_steps(m, fn, views, opt, x, g, a.steps, cl))
+        if any(v[5] for v in variants.values()):
+            bf_peaks.append(matmul_gflops(dtype=torch.bfloat16))
+        for name, (m, fn, views, opt, cl, bf) in variants.items():
+            results[name].append(run_steps(m, fn, views, opt, x, g, a.steps, cl, bf))
     peak = statistics.median(peaks)
     print(f"fp32 matmul peak (median of {a.repeats}): {peak:.0f} GFLOP/s; one step = {flops / 1e9:.1f} GFLOP "
           f"({a.method}, {a.backbone} w{a.width}, batch {a.batch_size}, 2 views, threads {torch.get_num_threads()})")
     summary = {"peak_gflops": round(peak, 1), "step_gflop": round(flops / 1e9, 2), "variants": {}}
+    if bf_peaks:  # bf16 variants are still shared against the fp32 peak: one yardstick for every row
+        summary["bf16_peak_gflops"] = round(statistics.median(bf_peaks), 1)
+        print(f"bf16 matmul peak (median of {a.repeats}): {summary['bf16_peak_gflops']:.0f} GFLOP/s "
+              f"(CPU capability {torch.backends.cpu.get_cpu_capability()})")
     for name, rs in results.items():
         step_s = statistics.median(r[0] for r in rs)
         aug_s = statistics.median(r[1] for r in rs)
