@@ -175,7 +175,7 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], *, tit
     import numpy as np
 
     m = np.asarray(matrix, dtype=float)
-    fig, ax = pyplot().subplots(figsize=(1.0 * m.shape[1] + 2.5, 0.8 * m.shape[0] + 1.8))
+    fig, ax = pyplot().subplots(figsize=(max(7.0, 1.0 * m.shape[1] + 2.5), 0.8 * m.shape[0] + 1.8))  # title room
     im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis")
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
     ax.set_yticks(range(len(row_labels)), row_labels)
