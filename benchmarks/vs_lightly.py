@@ -108,7 +108,8 @@ class LightlySide:
 class SelfsupSide:
     """selfsup's pipeline: in-memory uint8, batched on-device augmentation, compiled step."""
 
-    def __init__(self, x: np.ndarray, compile_: bool) -> None:
+    def __init__(self, x: np.ndarray, compile_: bool, bf16: bool = False) -> None:
+        self.bf16 = bf16  # CPU bf16 autocast around the forward (train.precision=bf16)
         self.x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
         xf = self.x[:5000].float() / 255
         mean, std = xf.mean(dim=(0, 2, 3)).tolist(), xf.std(dim=(0, 2, 3)).tolist()
@@ -128,7 +129,8 @@ class SelfsupSide:
         idx = self.order[self.pos : self.pos + BATCH]
         self.pos += BATCH
         vs = [v.contiguous(memory_format=torch.channels_last) for v in self.views(self.x[idx], self.gen)]
-        out = self.fn(ViewBatch(vs, idx))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.fn(ViewBatch(vs, idx))
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.opt.step()
@@ -151,7 +153,13 @@ def main() -> None:
     p.add_argument("--images", type=int, default=None, help="use the first N training images")
     p.add_argument("--no-compile", action="store_true", help="selfsup eager (for comparison)")
     p.add_argument("--quick", action="store_true", help="2 rounds of 4 steps on 4096 images (a few minutes)")
+    p.add_argument("--precision", default="fp32",
+                   help="selfsup side(s), comma-separated: fp32 and/or bf16 (CPU autocast); the last line's ratio "
+                        "is the first one's")
     a = p.parse_args()
+    precisions = [q.strip() for q in a.precision.split(",") if q.strip()]
+    if not precisions or any(q not in ("fp32", "bf16") for q in precisions):
+        raise SystemExit(f"--precision: fp32 and/or bf16, got {a.precision!r}")
     if a.quick:
         a.rounds, a.steps, a.images = 2, 4, a.images or 4096
     try:
@@ -172,18 +180,26 @@ def main() -> None:
 
     print(f"lightly {_l.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{len(x)} images, batch {BATCH}, resnet18 w{WIDTH} CIFAR stem", flush=True)
-    A, B = LightlySide(x, a.workers), SelfsupSide(x, not a.no_compile)
-    t = time.perf_counter()
-    B.round(1, warmup=1)  # compilation, outside the timed rounds
-    print(f"selfsup warm-up (compile) {time.perf_counter() - t:.0f} s", flush=True)
-    ra, rb = [], []
+    A = LightlySide(x, a.workers)
+    sides = {q: SelfsupSide(x, not a.no_compile, bf16=q == "bf16") for q in precisions}
+    for q, B in sides.items():
+        t = time.perf_counter()
+        B.round(1, warmup=1)  # compilation, outside the timed rounds
+        print(f"selfsup {q} warm-up (compile) {time.perf_counter() - t:.0f} s", flush=True)
+    ra: list[float] = []
+    rb: dict[str, list[float]] = {q: [] for q in sides}
     for r in range(a.rounds):
         ra.append(A.round(a.steps))
-        rb.append(B.round(a.steps))
-        print(f"round {r + 1}: lightly {ra[-1]:.1f} images/s, selfsup {rb[-1]:.1f} images/s", flush=True)
-    ma, mb = statistics.median(ra), statistics.median(rb)
-    print(f"median images/s: lightly {ma:.1f}, selfsup {mb:.1f}")
-    print(f"ratio {mb / ma:.2f}")
+        for q, B in sides.items():
+            rb[q].append(B.round(a.steps))
+        shown = ", ".join(f"selfsup {q} {v[-1]:.1f}" for q, v in rb.items())
+        print(f"round {r + 1} images/s: lightly {ra[-1]:.1f}, {shown}", flush=True)
+    ma = statistics.median(ra)
+    mb = {q: statistics.median(v) for q, v in rb.items()}
+    print(f"median images/s: lightly {ma:.1f}, " + ", ".join(f"selfsup {q} {v:.1f}" for q, v in mb.items()))
+    for q in precisions[1:]:
+        print(f"ratio {q} {mb[q] / ma:.2f}")
+    print(f"ratio {mb[precisions[0]] / ma:.2f}")
 
 
 if __name__ == "__main__":

@@ -43,3 +43,42 @@ def test_layerwise_plot_names_a_run_without_layers(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layerwise.py"), str(tmp_path / "r"),
                         "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
     assert r.returncode != 0 and "--protocol layers" in r.stderr and str(tmp_path / "r") in r.stderr
+
+
+def test_vs_lightly_rejects_an_unknown_precision() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_lightly.py"), "--precision", "fp32,fp16"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--precision: fp32 and/or bf16" in r.stderr
+
+
+def test_throughput_bf16_variant_runs() -> None:
+    """The bf16 variant autocasts and reports the bf16 matmul peak (tiny sizes: a smoke test, not a measurement)."""
+    code = ("import sys, torch; sys.argv = ['t', '--batch-size', '4', '--steps', '1', '--repeats', '1', "
+            "'--variants', 'channels_last+bf16', '--width', '0.125']; sys.path.insert(0, 'benchmarks'); "
+            "import throughput as t; t.matmul_gflops.__defaults__ = ((64,), 1, torch.float32); t.main()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "bf16_peak_gflops" in summary and summary["variants"]["channels_last+bf16"]["images_per_s"] > 0
+
+
+def test_precision_cell_script_trains_one_cell(tmp_path: Path, monkeypatch) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import precision_cell
+
+    from selfsup.studies import base
+
+    monkeypatch.setattr(base.StudySettings, "DEFAULT_STEPS", 2)
+    monkeypatch.setattr(base.Study, "__init__", _tiny_study_init(base.Study.__init__))
+    c = precision_cell.cell("mnist5k", tmp_path, "fp32", 2)
+    assert c["steps"] == 2 and 0 <= c["knn_top1"] <= 1
+    assert "precision: fp32" in (tmp_path / "fp32" / "cells" / "t0.2" / "config.yaml").read_text()
+
+
+def _tiny_study_init(init):
+    """Study.__init__ on tiny settings (a small convnet, batch 16, few probe images) whatever the script asks."""
+    def tiny(self, settings, dataset=None):
+        settings.backbone, settings.batch_size, settings.eval_train, settings.eval_test = "convnet", 16, 64, 32
+        settings.device, settings.quiet = "cpu", True
+        return init(self, settings, dataset)
+    return tiny
