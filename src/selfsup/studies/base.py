@@ -5,8 +5,9 @@ optimizer steps, or ``--budget-min`` minutes of wall-clock with the schedule siz
 feature probes (kNN k = 20 and, when asked, the cached linear probe) on subsets of the train/test splits.
 Each cell is a normal run directory under ``OUT/cells/<cell>/`` (config.yaml, metrics.jsonl, run.json) plus
 ``cell.json`` with its probe results. Every study also probes the untrained backbone (``OUT/cells/random-init/``,
-the cells' shared initial weights): the floor a cell must clear to have learned anything. A study run again into the same ``--out`` reuses finished cells (pass
-``--overwrite`` to recompute them). Checkpoints are deleted after probing unless ``--keep-checkpoints``.
+the cells' shared initial weights): the floor a cell must clear to have learned anything. A study run again into
+the same ``--out`` reuses finished cells (pass ``--overwrite`` to recompute them). Checkpoints are deleted after
+probing unless ``--keep-checkpoints``.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ class Study:
         evaluation protocols, on the same probe images."""
         done = self.out / "cells" / "random-init" / "cell.json"
         cfg = self.config({})
-        key = {"backbone": cfg.to_dict()["backbone"], "seed": self.s.seed, "probes": list(self.s.probes),
+        key = {"backbone": cfg.to_dict()["backbone"], "data": cfg.to_dict()["data"], "seed": self.s.seed, "probes": list(self.s.probes),
                "eval_images": [self.s.eval_train, self.s.eval_test], "image_size": self.s.image_size}
         if done.is_file() and not self.s.overwrite and json.loads(done.read_text()).get("key") == key:
             self.base = json.loads(done.read_text())
