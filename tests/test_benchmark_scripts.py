@@ -68,7 +68,6 @@ def test_precision_cell_script_trains_one_cell(tmp_path: Path, monkeypatch) -> N
 
     from selfsup.studies import base
 
-    monkeypatch.setattr(base.StudySettings, "DEFAULT_STEPS", 2)
     monkeypatch.setattr(base.Study, "__init__", _tiny_study_init(base.Study.__init__))
     c = precision_cell.cell("mnist5k", tmp_path, "fp32", 2)
     assert c["steps"] == 2 and 0 <= c["knn_top1"] <= 1
