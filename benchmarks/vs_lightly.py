@@ -61,10 +61,10 @@ class LightlySide:
     """lightly's SimCLR example, with selfsup's backbone module."""
 
     def __init__(self, x: np.ndarray, workers: int) -> None:
-        from PIL import Image
         from lightly.loss import NTXentLoss
         from lightly.models.modules import SimCLRProjectionHead
         from lightly.transforms import SimCLRTransform
+        from PIL import Image
 
         transform = SimCLRTransform(input_size=SIZE, cj_strength=0.5, min_scale=0.08, gaussian_blur=0.0)
         images = [Image.fromarray(a) for a in x]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_blobs
 from torch import nn
 
 from selfsup.backbones import build_backbone
@@ -20,8 +21,6 @@ from selfsup.losses.metric import margin_contrastive_loss, npair_loss, triplet_l
 from selfsup.methods.base import ViewBatch, build_method
 from selfsup.methods.moco import forward_in_splits
 from selfsup.methods.moco_v3 import ctr_loss
-
-from conftest import make_blobs
 
 
 def unit(*shape, seed=0):

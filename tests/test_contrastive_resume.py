@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+from conftest import make_blobs
 
 from selfsup.config import ConfigError, build_run_config
 from selfsup.engine.rundir import latest_checkpoint
 from selfsup.engine.trainer import pretrain
-
-from conftest import make_blobs
 
 CASES = {
     "moco-v2": ({"queue_size": 32, "bn_splits": 2}, ["queue.rows", "queue.ptr", "queue.ids"]),

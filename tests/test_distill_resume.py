@@ -5,12 +5,11 @@ import json
 
 import pytest
 import torch
+from conftest import make_blobs
 
 from selfsup.config import build_run_config
-from selfsup.engine.trainer import pretrain
 from selfsup.engine.rundir import latest_checkpoint
-
-from conftest import make_blobs
+from selfsup.engine.trainer import pretrain
 
 CASES = {
     "byol": {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32},

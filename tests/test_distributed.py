@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_blobs
 
 from selfsup.backbones import build_backbone
 from selfsup.components.base import StepContext, update_parts
 from selfsup.components.sync_bn import convert_sync_bn
 from selfsup.methods.base import ViewBatch, build_method
 from selfsup.registry import METHODS
-
-from conftest import make_blobs
 
 # SELFSUP_TEST_METHODS=moco-v1,npid restricts the module to those methods (a quick check while working on one)
 NAMES = [n for n in os.environ.get("SELFSUP_TEST_METHODS", "").split(",") if n] or METHODS.names()
@@ -85,8 +84,9 @@ def _one_step(name: str, rank: int, world: int):
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
     from datetime import timedelta
+
+    import torch.distributed as dist
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
@@ -139,7 +139,7 @@ def test_two_processes_equal_one(name, two_ranks):
     loss1, state1 = _one_step(name, 0, 1)
     data = make_blobs(n=B, size=16)
     before = {k: v.detach().clone() for k, v in _build(name, data)[0].state_dict().items() if v.is_floating_point()}
-    (loss2, state2), (loss2b, state2b) = r0, r1
+    (loss2, state2), (_, state2b) = r0, r1
     assert loss2 == pytest.approx(loss1, rel=1e-4, abs=1e-5)
     for k in state1:  # every rank holds the same state
         torch.testing.assert_close(state2[k], state2b[k], rtol=0, atol=1e-6, msg=f"{name}: ranks disagree on {k}")

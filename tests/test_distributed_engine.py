@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_blobs
 
 from selfsup.config import ConfigError, build_run_config
 from selfsup.engine import distributed as D
@@ -17,8 +18,6 @@ from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.compile import SafeCompiled
 from selfsup.engine.rundir import list_checkpoints
 from selfsup.engine.trainer import pretrain
-
-from conftest import make_blobs
 
 
 def _cfg(data: Path, **train):
@@ -61,8 +60,9 @@ def _torchrun_worker(rank: int, ports: list[int], data: str, out: str) -> None:
     run(_cfg(data_p, max_steps=3, checkpoint_every=1), "resumed")
     run(_cfg(data_p), "resumed", resume=True)  # every rank resumes from the one checkpoint rank 0 wrote
     # distributed feature extraction (the process group is started by hand here, as pretrain shut its own)
-    import torch.distributed as dist
     from datetime import timedelta
+
+    import torch.distributed as dist
 
     from selfsup.backbones import build_backbone
     from selfsup.evaluation.features_dist import extract_features_distributed

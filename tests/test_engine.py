@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_blobs
 from torch import nn
 
 from selfsup.components.schedules import Constant, Cosine, LinearWarmup
@@ -17,8 +18,6 @@ from selfsup.engine.optim import LARS, build_optimizer, param_groups
 from selfsup.engine.rundir import list_checkpoints
 from selfsup.engine.schedules import warmup_cosine
 from selfsup.engine.trainer import TrainingError, pretrain
-
-from conftest import make_blobs
 
 
 # ----------------------------------------------------------------------------------------------------- schedules

@@ -4,13 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_blobs
 
 from selfsup.backbones import build_backbone
 from selfsup.evaluation.features import extract_features
 from selfsup.evaluation.knn import knn_accuracy, knn_predict
 from selfsup.evaluation.linear import linear_probe
-
-from conftest import make_blobs
 
 
 def clusters(n_per: int, classes: int, dim: int = 16, noise: float = 0.1, seed: int = 0):

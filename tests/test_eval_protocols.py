@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_blobs
+
 from selfsup.backbones.base import build_backbone
 from selfsup.cli.main import main
 from selfsup.config import ConfigError, build_run_config

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import make_blobs
 from torch import nn
 
 from selfsup.cli.main import main
@@ -13,8 +14,6 @@ from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.export import export_backbone, read_export_metadata, rebuild_method
 from selfsup.engine.rundir import list_checkpoints
 from selfsup.engine.trainer import pretrain
-
-from conftest import make_blobs
 
 torchvision = pytest.importorskip("torchvision")
 

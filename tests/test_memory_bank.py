@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_blobs
 
 from selfsup.augment.jigsaw import inverse_permutation, jigsaw_tiles, permute_tiles, random_permutations, untile
 from selfsup.backbones import build_backbone
@@ -11,8 +12,6 @@ from selfsup.components.base import StepContext, update_parts
 from selfsup.components.memory_bank import MemoryBank
 from selfsup.config import ConfigError
 from selfsup.methods.base import ViewBatch, build_method
-
-from conftest import make_blobs
 
 
 def test_update_is_momentum_average_then_normalised():

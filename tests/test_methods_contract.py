@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_blobs
 
 from selfsup.backbones import build_backbone
 from selfsup.components.base import StepContext, update_parts
 from selfsup.methods.base import MethodOutput, ViewBatch, build_method
 from selfsup.registry import METHODS
-
-from conftest import make_blobs
 
 NAMES = METHODS.names()
 
@@ -80,7 +79,6 @@ def test_state_dict_round_trip(name):
 def test_method_config_rejects_unknown_keys(name):
     from selfsup.config import ConfigError
 
-    data = make_blobs(n=8, size=16)
     backbone = build_backbone("convnet", in_channels=3, width=0.25)
     with pytest.raises(ConfigError, match="no_such_key"):
         build_method(name, backbone, {"no_such_key": 1})

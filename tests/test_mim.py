@@ -7,19 +7,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_blobs
 
 import selfsup.methods.beit as beit_mod
 import selfsup.methods.mae as mae_mod
-from selfsup.augment.masking import (block_masking, gather_tokens, patchify, random_masking, unpatchify,
-                                     unshuffle)
+from selfsup.augment.masking import block_masking, gather_tokens, patchify, random_masking, unpatchify, unshuffle
 from selfsup.backbones import build_backbone
 from selfsup.cli.main import main
 from selfsup.config import ConfigError, build_run_config
 from selfsup.engine.trainer import pretrain
 from selfsup.losses.masked import masked_cross_entropy, masked_mse, normalize_patches
 from selfsup.methods.base import ViewBatch, build_method
-
-from conftest import make_blobs
 
 
 def vit(size: int = 16, patch: int | None = None):

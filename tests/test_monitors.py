@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_blobs
+
 from selfsup.backbones.base import build_backbone
 from selfsup.config import build_run_config
 from selfsup.engine.monitors import CollapseMonitor, CollapseWarning, embedding_stats, entropy_stats

@@ -10,11 +10,28 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_blobs
 
-from selfsup.augment.color import (ab_bin_centers, encode_ab, lab_to_rgb, quantize_ab, rebalancing_weights,
-                                   rgb_to_lab, scale_lab)
-from selfsup.augment.pretext import (color_drop, color_project, grid_tiles, min_hamming, patch_grid,
-                                     permutation_set, rotate_all, rotate_random, tile_positions)
+from selfsup.augment.color import (
+    ab_bin_centers,
+    encode_ab,
+    lab_to_rgb,
+    quantize_ab,
+    rebalancing_weights,
+    rgb_to_lab,
+    scale_lab,
+)
+from selfsup.augment.pretext import (
+    color_drop,
+    color_project,
+    grid_tiles,
+    min_hamming,
+    patch_grid,
+    permutation_set,
+    rotate_all,
+    rotate_random,
+    tile_positions,
+)
 from selfsup.backbones import build_backbone
 from selfsup.config import ConfigError
 from selfsup.losses.pretext import cpc_info_nce, cpc_positive_index, masked_mse, soft_cross_entropy
@@ -23,8 +40,6 @@ from selfsup.methods.pretext.context_encoder import region_mask
 from selfsup.methods.pretext.cpc import RowCausalContext
 from selfsup.methods.pretext.relative_patch import CENTRE, NEIGHBOURS, neighbour_offsets
 from selfsup.registry import METHODS
-
-from conftest import make_blobs
 
 PRETEXT = ("rotation", "relative-patch", "jigsaw", "colorization", "split-brain", "context-encoder",
            "denoising-ae", "cpc")

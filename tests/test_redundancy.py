@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from selfsup.losses.redundancy import (barlow_twins_loss, covariance_loss, invariance_loss, variance_loss,
-                                       vicreg_loss)
+from selfsup.losses.redundancy import barlow_twins_loss, covariance_loss, invariance_loss, variance_loss, vicreg_loss
 
 
 def _data(n=6, d=4, seed=0):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import make_blobs
 from PIL import Image
 
-from conftest import make_blobs
 from selfsup.cli.main import main
 from selfsup.config import build_run_config
 from selfsup.engine.trainer import pretrain

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_blobs
 
 from selfsup.config import build_run_config
 from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.rundir import list_checkpoints
 from selfsup.engine.trainer import pretrain
 from selfsup.registry import METHODS
-
-from conftest import make_blobs
 
 TIMING = ("images_per_s", "time_s")
 

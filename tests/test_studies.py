@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_blobs
+
 from selfsup.augment import ops_extra
 from selfsup.augment.named import TRANSFORMS, NamedViewPipeline, canonical_names
 from selfsup.backbones.base import build_backbone

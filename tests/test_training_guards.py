@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_blobs
 
 from selfsup.cli.main import main
 from selfsup.config import build_run_config
@@ -17,8 +18,6 @@ from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.rundir import RunDirError, list_checkpoints
 from selfsup.engine.trainer import TrainingError, pretrain
 from selfsup.methods.simclr import SimCLR
-
-from conftest import make_blobs
 
 BAD_STEP = 3
 

@@ -5,16 +5,20 @@ import math
 
 import pytest
 import torch
+from conftest import make_blobs
 
 from selfsup.backbones import build_backbone
-from selfsup.backbones.vit import (ViT, default_patch_size, interpolate_pos_embed, sincos_pos_embed,
-                                   vit_layer_decay_groups)
+from selfsup.backbones.vit import (
+    ViT,
+    default_patch_size,
+    interpolate_pos_embed,
+    sincos_pos_embed,
+    vit_layer_decay_groups,
+)
 from selfsup.components.base import StepContext, update_parts
 from selfsup.components.ema import EMATeacher
 from selfsup.config import ConfigError
 from selfsup.methods.base import ViewBatch, build_method
-
-from conftest import make_blobs
 
 
 def tiny(image_size: int = 16, **kw) -> ViT:

@@ -1,3 +1,4 @@
+"""``python -m selfsup``: the command line, also what ``torchrun -m selfsup`` starts."""
 import sys
 
 from .cli.main import main

@@ -15,9 +15,7 @@ from typing import Any, Union, get_args, get_origin
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad configuration key or value; the message names the key."""
+from .errors import ConfigError
 
 
 @dataclass
@@ -285,9 +283,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def build_run_config(raw: dict[str, Any]) -> RunConfig:
     """Validate a raw mapping into a :class:`RunConfig`. The method section is checked against its own Config."""
-    from .registry import METHODS
-
     from .config_checks import check_run_config
+    from .registry import METHODS
 
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {raw!r}")

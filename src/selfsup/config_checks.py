@@ -11,7 +11,8 @@ import math
 import re
 from typing import Any
 
-from .config import ConfigError, RunConfig
+from .config import RunConfig
+from .errors import ConfigError
 
 DEVICE = re.compile(r"^(auto|cpu|mps|xpu|cuda(:\d+)?)$")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 def check_mask_ratio(ratio: float, key: str = "method.mask_ratio") -> None:

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import torch
 
-from ..config import AugmentConfig, ConfigError
+from ..config import AugmentConfig
+from ..errors import ConfigError
 from .pipeline import MultiViewPipeline, ViewSpec
 
 LOCAL_SCALE_MIN = 0.05

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from ..components.gather import global_rows, rank_rows
 
 

@@ -47,7 +47,7 @@ class BackboneSpec:
 def build_backbone(name: str, *, in_channels: int = 3, width: float = 1.0, cifar_stem: bool = False,
                    image_size: int = 32, patch_size: int | None = None) -> Backbone:
     """Build a registered backbone by name (``selfsup list`` shows the names)."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
     from ..registry import BACKBONES
 
     factory = BACKBONES.get(name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..registry import BACKBONES
 from .base import Backbone, BackboneSpec
 from .vit import ViT, default_patch_size

@@ -10,7 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, RunConfig, apply_overrides, build_run_config, load_yaml
+from ..config import RunConfig, apply_overrides, build_run_config, load_yaml
+from ..errors import ConfigError
 from ..registry import METHODS
 
 # flag → (section, key)

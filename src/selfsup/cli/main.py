@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import sys
 import warnings
 from typing import Sequence
@@ -12,14 +12,12 @@ from .config_args import add_run_flags, config_from_args, preset_names
 from .export import add_parser as add_export_parser
 
 
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..config import ConfigError
     from ..data import DataError
     from ..engine.checkpoint import CheckpointError
     from ..engine.rundir import RunDirError
     from ..engine.trainer import TrainingError
+    from ..errors import ConfigError
     from ..registry import UnknownNameError
 
     return (ConfigError, DataError, CheckpointError, RunDirError, TrainingError, UnknownNameError)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from .base import SharedPart, StepContext
 from .gather import all_reduce_mean_
-from ..config import ConfigError
 
 
 class Center(SharedPart):

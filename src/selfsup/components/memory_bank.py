@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import SharedPart, StepContext
 from .gather import gather_no_grad, rank_rows
 

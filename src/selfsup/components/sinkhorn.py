@@ -9,7 +9,8 @@ what stops all samples from being assigned to one prototype (collapse). A few al
 from __future__ import annotations
 
 import torch
-from ..config import ConfigError
+
+from ..errors import ConfigError
 
 
 def check_epsilon(epsilon: float, name: str = "method.epsilon") -> None:

@@ -12,7 +12,6 @@ running variance uses the unbiased global variance.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .gather import all_reduce_sum_with_grad, world_size

@@ -1,0 +1,1 @@
+"""Named run configurations (YAML) shipped with the package: ``--config NAME`` finds them here."""

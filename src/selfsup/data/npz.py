@@ -7,8 +7,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from numpy.lib import format as npformat
 import torch
+from numpy.lib import format as npformat
 
 from .base import DataError, ImageDataset, InMemorySplit
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ConfigError, OptimConfig
+from ..config import OptimConfig
+from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
 

@@ -7,7 +7,6 @@ on a non-finite loss naming the step (the last good checkpoint stays), and honou
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 import warnings
@@ -20,21 +19,21 @@ import torch
 from ..augment.pipeline import MultiViewPipeline
 from ..backbones.base import build_backbone
 from ..components.base import StepContext, update_parts
-from ..config import ConfigError, RunConfig, method_config, to_plain
+from ..components.sync_bn import convert_sync_bn, has_batch_norm
+from ..config import RunConfig, method_config
 from ..data import ImageDataset, load_dataset
+from ..errors import ConfigError
 from ..methods.base import Method, ViewBatch, build_method
 from ..registry import METHODS
+from . import distributed as D
 from .checkpoint import save_checkpoint
 from .compile import SafeCompiled
-from . import distributed as D
-from ..components.sync_bn import convert_sync_bn, has_batch_norm
 from .logging import MetricsLogger
 from .monitors import CollapseMonitor, CollapseWarning
 from .nonfinite import KIND, bad_code, grad_norm
 from .optim import build_optimizer
 from .resume import check_free_space, find_resume_checkpoint, resume_mode
-from .rundir import (checkpoint_path, prepare_run_dir, prune_checkpoints, truncate_metrics,
-                     write_config, write_json)
+from .rundir import checkpoint_path, prepare_run_dir, prune_checkpoints, truncate_metrics, write_config, write_json
 from .schedules import warmup_cosine
 from .signals import StopOnSignal
 

@@ -27,7 +27,7 @@ _COMMON = {"batch_size": 256, "weight_decay": 0.0, "crop_scale_min": 0.08, "augm
 def _budget(ctx: EvalContext, default_key: str = "epochs") -> int:
     epochs = ctx.opt(default_key, ctx.epochs)
     if epochs < 1:
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"eval option '{ctx.protocol}.epochs' must be >= 1, got {epochs}")
     return epochs

@@ -59,7 +59,7 @@ def _finalize(result: dict[str, Any], run_dir: Path) -> None:
 def layers_protocol(ctx: EvalContext) -> dict[str, Any]:
     stages = list(getattr(ctx.backbone, "stage_names", ()))
     if not stages:
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"protocol 'layers': backbone {type(ctx.backbone).__name__} names no stages")
     grid = tuple(float(v) for v in ctx.opt("l2_grid"))

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..heads.mlp import mlp
 from ..registry import EVALUATORS
 from .protocols import EvalContext

@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, parse_value
+from ..config import parse_value
 from ..data.base import ImageDataset
+from ..errors import ConfigError
 from ..registry import EVALUATORS
 from .features import extract_features
 from .knn import knn_accuracy

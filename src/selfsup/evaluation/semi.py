@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..registry import EVALUATORS
 from .linear import linear_probe
 from .protocols import EvalContext

@@ -14,9 +14,9 @@ from typing import Any, Iterator
 
 import torch
 
-from ..config import ConfigError
 from ..data import DataError, ImageDataset, load_dataset
 from ..data.base import ImageSplit, InMemorySplit, channel_stats
+from ..errors import ConfigError
 from ..registry import EVALUATORS
 from .knn import knn_accuracy
 from .linear import linear_probe

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .mlp import mlp
 from .prototypes import WeightNormLinear
-from ..config import ConfigError
 
 
 class DINOHead(nn.Module):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..config import ConfigError
+
+from ..errors import ConfigError
 
 
 class WeightNormLinear(nn.Module):

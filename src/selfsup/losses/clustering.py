@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from .distillation import cross_view_cross_entropy
-from ..config import ConfigError
 
 
 def swapped_prediction(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from ..config import ConfigError
+
+from ..errors import ConfigError
 
 
 def _check_pair(p: torch.Tensor, z: torch.Tensor, name: str) -> None:

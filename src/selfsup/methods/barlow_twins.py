@@ -13,11 +13,11 @@ import torch
 
 from ..components.base import StepContext
 from ..components.gather import gather_with_grad
+from ..errors import ConfigError
 from ..heads.mlp import projection_head
 from ..losses.redundancy import barlow_twins_loss
 from .base import Method, MethodOutput, ViewBatch, register_method
 from .byol import check_two_views
-from ..config import ConfigError
 
 
 @dataclass

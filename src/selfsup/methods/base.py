@@ -21,7 +21,8 @@ from ..augment.pipeline import MultiViewPipeline
 from ..augment.presets import build_pipeline
 from ..backbones.base import Backbone
 from ..components.base import StepContext
-from ..config import AugmentConfig, ConfigError, from_dict, to_plain
+from ..config import AugmentConfig, from_dict, to_plain
+from ..errors import ConfigError
 
 
 @dataclass

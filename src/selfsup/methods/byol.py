@@ -18,10 +18,10 @@ from torch import nn
 from ..components.base import StepContext
 from ..components.ema import EMATeacher
 from ..components.schedules import Cosine
+from ..errors import ConfigError
 from ..heads.mlp import projection_head
 from ..losses.distillation import normalized_mse
 from .base import Method, MethodOutput, ViewBatch, register_method
-from ..config import ConfigError
 
 
 def check_momentum(value: float, name: str) -> None:

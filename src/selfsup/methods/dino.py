@@ -22,11 +22,11 @@ from ..components.base import StepContext
 from ..components.center import Center
 from ..components.ema import EMATeacher
 from ..components.schedules import Cosine, LinearWarmup
+from ..errors import ConfigError
 from ..heads.dino import DINOHead
 from ..losses.distillation import dino_loss
 from .base import Method, MethodOutput, ViewBatch, register_method
 from .byol import check_momentum
-from ..config import ConfigError
 
 
 @dataclass

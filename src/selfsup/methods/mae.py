@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..augment.masking import check_mask_ratio, patchify, random_masking
 from ..components.base import StepContext
 from ..components.gather import global_rows, rank_rows
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..heads.decoders import MAEDecoder
 from ..losses.masked import masked_mse, normalize_patches
 from .base import Method, MethodOutput, ViewBatch, register_method

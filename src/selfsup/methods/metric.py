@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..components.base import StepContext
 from ..components.gather import gather_with_grad
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..heads.mlp import projection_head
 from ..losses.contrastive import info_nce
 from ..losses.metric import TRIPLET_MINING, margin_contrastive_loss, npair_loss, triplet_loss

@@ -35,7 +35,7 @@ from ..components.ema import EMATeacher
 from ..components.gather import gather_no_grad, global_rows, rank, rank_rows, world_size
 from ..components.queue import FeatureQueue
 from ..components.schedules import Cosine
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..heads.mlp import projection_head
 from ..losses.contrastive import info_nce
 from .base import Method, MethodOutput, ViewBatch, register_method

@@ -17,7 +17,7 @@ from torch import nn
 from ..components.base import StepContext
 from ..components.ema import EMATeacher
 from ..components.gather import gather_no_grad, rank
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..heads.mlp import mlp
 from ..losses.contrastive import info_nce
 from .base import Method, MethodOutput, ViewBatch, register_method

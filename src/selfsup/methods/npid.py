@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..components.base import StepContext
 from ..components.gather import gather_no_grad, global_rows, world_size
 from ..components.memory_bank import MemoryBank
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..heads.mlp import projection_head
 from ..losses.contrastive import info_nce, nce_log_norm, nce_loss
 from .base import Method, MethodOutput, ViewBatch, register_method

@@ -23,7 +23,7 @@ from ..augment.jigsaw import jigsaw_tiles, permute_tiles, random_permutations
 from ..components.base import StepContext
 from ..components.gather import global_rows, rank_rows
 from ..components.memory_bank import MemoryBank
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..heads.mlp import mlp
 from .base import Method, MethodOutput, ViewBatch, register_method
 from .moco import check_positive_temperature

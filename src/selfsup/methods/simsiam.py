@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from ..components.base import StepContext
+from ..errors import ConfigError
 from ..heads.mlp import mlp
 from ..losses.distillation import negative_cosine
 from .base import Method, MethodOutput, ViewBatch, register_method
 from .byol import check_two_views
-from ..config import ConfigError
 
 
 @dataclass

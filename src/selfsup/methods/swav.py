@@ -22,11 +22,11 @@ from ..components.base import StepContext
 from ..components.gather import gather_no_grad, rank_rows
 from ..components.queue import FeatureQueue
 from ..components.sinkhorn import check_epsilon, sinkhorn_knopp
+from ..errors import ConfigError
 from ..heads.mlp import projection_head
 from ..heads.prototypes import Prototypes
 from ..losses.clustering import swapped_prediction
 from .base import Method, MethodOutput, ViewBatch, register_method
-from ..config import ConfigError
 
 
 @dataclass

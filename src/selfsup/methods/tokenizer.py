@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..components.base import StepContext
 from ..components.tokenizer import VQTokenizer
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import Method, MethodOutput, ViewBatch, register_method
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from ..components.base import StepContext
 from ..components.gather import gather_with_grad
+from ..errors import ConfigError
 from ..losses.redundancy import covariance_loss, invariance_loss, variance_loss
 from .barlow_twins import ProjectedPairMethod
 from .base import MethodOutput, ViewBatch, register_method
-from ..config import ConfigError
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import Study, footer, md_table, pct
 
 HEADS = {"none": 0, "linear": 1, "mlp": 2}

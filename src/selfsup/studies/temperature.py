@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import Study, footer, md_table, pct
 
 DEFAULT_TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 1.0)

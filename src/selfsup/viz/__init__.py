@@ -1,0 +1,1 @@
+"""Figures and the HTML report: loss curves, monitors, attention maps, t-SNE, neighbours."""

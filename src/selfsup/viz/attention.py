@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..augment.pipeline import eval_view
-from ..config import ConfigError, build_run_config
+from ..config import build_run_config
+from ..errors import ConfigError
 
 
 def attention_maps(backbone: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

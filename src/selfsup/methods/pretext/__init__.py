@@ -1,0 +1,1 @@
+"""The classic pretext tasks (rotation, jigsaw, colorization, ...): one module per method."""

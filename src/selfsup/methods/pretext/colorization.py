@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from ...augment.color import AB_SCALE, NormalizedRGBToLab, ab_bin_centers, encode_ab, rebalancing_weights, scale_lab
 from ...backbones.adapt import InputTransformBackbone
 from ...components.base import StepContext
 from ...components.class_prior import ClassPrior
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...heads.pretext_decoders import ConvDecoder, last_stage_map
 from ...losses.pretext import soft_cross_entropy
 from ..base import Method, MethodOutput, ViewBatch, register_method

@@ -26,11 +26,11 @@ import torch
 from torch.func import functional_call
 
 from ...components.base import StepContext
-from ...config import ConfigError
+from ...components.gather import global_rows, local_share, rank_rows
+from ...errors import ConfigError
 from ...heads.pretext_decoders import ConvDecoder, Discriminator, last_stage_map
 from ...losses.pretext import gan_losses, masked_mse
 from ..base import Method, MethodOutput, ViewBatch, register_method
-from ...components.gather import global_rows, local_share, rank_rows
 
 
 def region_mask(b: int, h: int, w: int, kind: str, fraction: float, num_blocks: int, device,

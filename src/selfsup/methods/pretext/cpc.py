@@ -22,11 +22,11 @@ from torch import nn
 
 from ...augment.pretext import patch_grid
 from ...components.base import StepContext
-from ...config import ConfigError
+from ...components.gather import gather_with_grad
+from ...errors import ConfigError
 from ...losses.contrastive import check_temperature
 from ...losses.pretext import cpc_info_nce
 from ..base import Method, MethodOutput, ViewBatch, register_method
-from ...components.gather import gather_with_grad
 
 
 class RowCausalContext(nn.Module):

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from ...components.base import StepContext
-from ...config import ConfigError
+from ...components.gather import global_rows, rank_rows
+from ...errors import ConfigError
 from ...heads.pretext_decoders import ConvDecoder, last_stage_map
 from ..base import Method, MethodOutput, ViewBatch, register_method
-from ...components.gather import global_rows, rank_rows
 
 
 def corrupt(x: torch.Tensor, kind: str, noise_std: float, mask_ratio: float,

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from ...augment.pretext import grid_tiles, normalize_tiles, permutation_set
 from ...components.base import StepContext
-from ...config import ConfigError
+from ...components.gather import global_rows, rank_rows
+from ...errors import ConfigError
 from ...heads.mlp import mlp
 from ..base import Method, MethodOutput, ViewBatch, register_method
-from ...components.gather import global_rows, rank_rows
 
 
 @dataclass

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 from ...augment.pretext import color_drop, color_project, grid_tiles
 from ...components.base import StepContext
-from ...config import ConfigError
+from ...components.gather import global_rows, rank_rows
+from ...errors import ConfigError
 from ...heads.mlp import mlp
 from ..base import Method, MethodOutput, ViewBatch, register_method
-from ...components.gather import global_rows, rank_rows
 
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)  # row-major grid positions around the centre (4); label = index here
 CENTRE = 4

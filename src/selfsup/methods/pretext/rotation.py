@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ...augment.pretext import rotate_all, rotate_random
 from ...components.base import StepContext
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...heads.mlp import mlp
 from ..base import Method, MethodOutput, ViewBatch, register_method
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ...augment.color import AB_SCALE, NormalizedRGBToLab, ab_bin_centers, encode_ab, quantize_l, scale_lab
 from ...backbones.adapt import ChannelSplitBackbone, with_in_channels
 from ...components.base import StepContext
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...heads.pretext_decoders import ConvDecoder, last_stage_map
 from ...losses.pretext import soft_cross_entropy
 from ..base import MethodOutput, ViewBatch, register_method
