@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from selfsup.api import pretrain
 from selfsup.config import build_run_config
 from selfsup.data import load_dataset
+from selfsup.engine.build import build_run
 from selfsup.engine.rundir import latest_checkpoint
-from selfsup.engine.trainer import build_run, pretrain
 from selfsup.evaluation.features import extract_features
 from selfsup.evaluation.knn import knn_accuracy
 

@@ -17,9 +17,9 @@ import yaml
 from conftest import make_blobs
 from PIL import Image
 
+from selfsup.api import pretrain
 from selfsup.cli.main import main
 from selfsup.config import build_run_config
-from selfsup.engine.trainer import pretrain
 from selfsup.evaluation.runner import evaluate_run
 from selfsup.viz import plots
 from selfsup.viz.report import SECTIONS, report_run, retrieve

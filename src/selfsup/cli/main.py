@@ -24,7 +24,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from ..engine.trainer import pretrain
+    from ..api import pretrain
 
     cfg = config_from_args(args)
     res = pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
@@ -46,7 +46,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..engine.trainer import pretrain
+    from ..api import pretrain
     from ..evaluation.runner import evaluate_run
     from .config_args import load_config_arg
 

@@ -23,10 +23,9 @@ from typing import Any
 
 import torch
 
-from ..backbones.base import build_backbone
-from ..config import build_run_config, method_config
-from ..methods.base import Method, build_method
-from ..registry import METHODS
+from ..config import build_run_config
+from ..methods.base import Method
+from .build import build_method_for, build_run
 from .rundir import RunDirError, latest_checkpoint
 
 FORMATS = ("safetensors", "pt")
@@ -42,16 +41,9 @@ def rebuild_method(ckpt: dict[str, Any]) -> Method:
     cfg = build_run_config(ckpt["config"])
     info = ckpt.get("data")
     if info is None:  # older checkpoints: the dataset tells the channels and size
-        from .trainer import build_run
-
         method = build_run(cfg, device=torch.device("cpu")).method
     else:
-        torch.manual_seed(cfg.train.seed)
-        in_channels = METHODS.get(cfg.method["name"]).backbone_in_channels(int(info["channels"]))
-        backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, width=cfg.backbone.width,
-                                  cifar_stem=cfg.backbone.cifar_stem, image_size=int(info["image_size"][0]),
-                                  patch_size=cfg.backbone.patch_size)
-        method = build_method(cfg.method["name"], backbone, method_config(cfg), num_train=int(info["num_train"]))
+        method = build_method_for(cfg, int(info["channels"]), int(info["image_size"][0]), int(info["num_train"]))
     method.load_state_dict(ckpt["method"])
     return method.eval()
 

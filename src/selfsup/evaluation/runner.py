@@ -22,7 +22,7 @@ import torch
 from ..config import build_run_config
 from ..data import DataError, load_dataset
 from ..engine.rundir import latest_checkpoint, write_json
-from ..engine.trainer import build_run, resolve_device
+from ..engine.build import build_run, resolve_device
 from ..errors import ConfigError
 from ..registry import EVALUATORS
 from .protocols import EvalContext, check_options

@@ -22,10 +22,11 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from ..api import pretrain
 from ..config import RunConfig, build_run_config
 from ..data import ImageDataset, load_dataset
+from ..engine.build import build_run, resolve_device
 from ..engine.rundir import latest_checkpoint, write_json
-from ..engine.trainer import build_run, pretrain, resolve_device
 from ..errors import ConfigError
 from ..evaluation.features import extract_features
 from ..evaluation.knn import knn_accuracy

@@ -126,7 +126,7 @@ class RunContext:
                 raise RuntimeError(self.missing["config"])
             from ..config import build_run_config
             from ..data import load_dataset
-            from ..engine.trainer import build_run, resolve_device
+            from ..engine.build import build_run, resolve_device
 
             cfg = build_run_config(self.config)
             data = load_dataset(self.data_arg or cfg.data.path, cfg.data.image_size, test_path=cfg.data.test_path)

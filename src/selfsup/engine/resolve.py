@@ -1,0 +1,74 @@
+"""The resolve step: every default a run's method, backbone and device imply, filled in before anything is built.
+
+A config leaves some values to the run (None or ``auto``): the optimizer, the learning rate (the method's base
+rate scaled by ``batch_size / 256``, Goyal et al. 2017), the weight decay, the augmentation preset, synchronised
+BatchNorm, the precision and channels_last. :func:`resolve_config` returns a new config with all of them set, so
+the ``config.yaml`` a run writes is the config it trained with: rebuilding a run from that file alone gives the
+same run, on any machine. The caller's config is never changed.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..config import RunConfig
+from ..data import ImageDataset
+from ..errors import ConfigError
+from ..methods.base import Method
+from .build import build_method_for
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def check_for_data(cfg: RunConfig, data: ImageDataset) -> None:
+    """The checks that need the data (and those a config built without ``build_run_config`` may have skipped)."""
+    t = cfg.train
+    if t.nan_policy not in ("stop", "skip"):
+        raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be auto, fp32 or bf16, got '{t.precision}'")
+    if t.batch_size < 2:
+        raise ConfigError(f"train.batch_size must be >= 2, got {t.batch_size}")
+    n = data.train.num_images
+    if t.batch_size > n:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) is larger than the dataset ({n} images in {cfg.data.path})")
+
+
+def prefers_channels_last(cfg: RunConfig, data: ImageDataset) -> bool:
+    """Whether the run's method's backbone asks for channels_last (``Backbone.prefers_channels_last``).
+
+    Read from the method built on the meta device (no memory, no initialisation); a method that cannot be built
+    there is built on the CPU. torch's random state is put back either way."""
+    args = (cfg, data.channels, data.image_size[0], data.train.num_images)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            with torch.device("meta"):
+                method = build_method_for(*args)
+        except ConfigError:
+            raise
+        except Exception:  # a method whose construction needs real tensors (e.g. colorization's Lab tables)
+            method = build_method_for(*args)
+    return bool(getattr(method.backbone, "prefers_channels_last", False))
+
+
+def resolve_config(cfg: RunConfig, method_cls: type[Method], data: ImageDataset, device: torch.device) -> RunConfig:
+    """A copy of ``cfg`` with every run-implied default filled in (see the module docstring)."""
+    check_for_data(cfg, data)
+    out = copy.deepcopy(cfg)
+    o, t = out.optim, out.train
+    if o.name is None:
+        o.name = method_cls.default_optimizer
+    if o.lr is None:
+        o.lr = method_cls.base_lr * t.batch_size / 256
+    if o.weight_decay is None:
+        o.weight_decay = method_cls.default_weight_decay
+    if out.augment.preset is None:
+        out.augment.preset = method_cls.default_augment
+    if t.sync_bn is None:
+        t.sync_bn = method_cls.needs_sync_bn
+    if t.precision == "auto":
+        t.precision = "bf16" if device.type == "cuda" else "fp32"
+    if t.channels_last is None:
+        t.channels_last = prefers_channels_last(out, data)
+    return out

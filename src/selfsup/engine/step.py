@@ -1,0 +1,85 @@
+"""One optimisation step: views on the device → forward under autocast → backward (accumulated over micro-batches)
+→ gradient average over ranks → clip → non-finite check → optimizer step → shared-part updates.
+
+:func:`train_step` is the whole step; :class:`Stepper` holds what does not change from step to step.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..augment.pipeline import MultiViewPipeline
+from ..components.base import StepContext, update_parts
+from ..methods.base import Method, MethodOutput, ViewBatch
+from . import distributed as D
+from .nonfinite import KIND, bad_code, grad_norm
+from .state import TrainState
+
+
+@dataclass
+class Stepper:
+    """The fixed parts of a step. ``forward`` is the method or its compiled wrapper."""
+
+    method: Method
+    forward: Callable[..., Any]
+    optimizer: torch.optim.Optimizer
+    views: MultiViewPipeline
+    device: torch.device
+    dctx: D.DistContext
+    micro: int  # images per forward pass on this rank
+    accum: int = 1  # train.grad_accum_steps
+    bf16: bool = False
+    channels_last: bool = False
+    grad_clip: float | None = None
+    skip_non_finite: bool = False  # train.nan_policy == "skip"
+
+    def __post_init__(self) -> None:
+        self.params = [p for p in self.method.parameters() if p.requires_grad]
+
+
+def forward_backward(s: Stepper, x: torch.Tensor, idx: torch.Tensor, ctx: StepContext, aug_gen: torch.Generator
+                     ) -> tuple[torch.Tensor, MethodOutput]:
+    """Gradients of the batch's loss, accumulated over ``s.accum`` micro-batches; returns the (detached, fp32)
+    loss and the last micro-batch's output."""
+    loss = torch.zeros((), device=s.device)
+    for i in range(s.accum):  # gradient accumulation: micro-batches of `micro` images per rank
+        part = slice(i * s.micro, (i + 1) * s.micro) if s.accum > 1 else slice(None)
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.bf16):
+            vs = s.views(x[part], aug_gen)
+            if s.channels_last:
+                vs = [v.contiguous(memory_format=torch.channels_last) for v in vs]
+            out = s.forward(ViewBatch(vs, idx[part]), ctx)
+        micro_loss = out.loss if s.accum == 1 else out.loss / s.accum
+        micro_loss.backward()
+        loss = loss + micro_loss.detach().float()
+    return loss, out
+
+
+def train_step(s: Stepper, state: TrainState, x: torch.Tensor, idx: torch.Tensor, ctx: StepContext,
+               lr: float) -> MethodOutput:
+    """One step at learning rate ``lr`` (``state.step`` is the step being taken; the caller advances it)."""
+    for g in s.optimizer.param_groups:
+        g["lr"] = lr
+    x, idx = x.to(s.device, non_blocking=True), idx.to(s.device)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss, out = forward_backward(s, x, idx, ctx, state.aug_gen)
+    D.average_gradients(s.params, s.dctx)
+    gnorm = torch.nn.utils.clip_grad_norm_(s.params, s.grad_clip) if s.grad_clip else grad_norm(s.params)
+    code = bad_code(loss, gnorm)  # 0, or what went non-finite (loss or gradient), on the device
+    # the default policy ("stop") never syncs here; "skip" must know now (one host sync per step)
+    if s.skip_non_finite and not bool(D.all_finite(code == 0, s.dctx)):
+        # train.nan_policy=skip: this step's update is dropped, the run goes on with the next batch
+        s.optimizer.zero_grad(set_to_none=True)
+        state.skipped += 1
+        print(f"step {state.step}: non-finite {KIND.get(int(code), 'value on another rank')}, update skipped "
+              "(train.nan_policy=skip)", file=sys.stderr)
+        return out
+    s.optimizer.step()
+    update_parts(s.method, ctx)
+    state.add_loss(loss)
+    if not s.skip_non_finite:
+        state.note_code(code)  # checked at log and checkpoint steps (TrainState.first_bad_step)
+    return out
