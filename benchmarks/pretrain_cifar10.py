@@ -21,8 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from selfsup.cli.config_args import config_from_args  # noqa: E402
 from selfsup.api import pretrain  # noqa: E402
+from selfsup.cli.config_args import config_from_args  # noqa: E402
 from selfsup.evaluation.runner import evaluate_run  # noqa: E402
 
 

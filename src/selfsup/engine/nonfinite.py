@@ -14,7 +14,7 @@ LOSS, GRADIENT = 1, 2  # codes of what went non-finite first
 KIND = {LOSS: "loss", GRADIENT: "gradient"}
 
 
-def grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+def grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
     """Total L2 norm of the gradients (a 0-dim tensor; inf/NaN when any gradient is)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:

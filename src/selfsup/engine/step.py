@@ -37,7 +37,7 @@ class Stepper:
     skip_non_finite: bool = False  # train.nan_policy == "skip"
 
     def __post_init__(self) -> None:
-        self.params = [p for p in self.method.parameters() if p.requires_grad]
+        self.params: list[torch.Tensor] = [p for p in self.method.parameters() if p.requires_grad]
 
 
 def forward_backward(s: Stepper, x: torch.Tensor, idx: torch.Tensor, ctx: StepContext, aug_gen: torch.Generator

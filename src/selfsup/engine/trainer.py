@@ -33,8 +33,8 @@ from .compile import SafeCompiled
 from .logging import MetricsLogger
 from .nonfinite import KIND
 from .optim import build_optimizer
-from .resume import check_free_space, find_resume_checkpoint, resume_mode
 from .resolve import resolve_config
+from .resume import check_free_space, find_resume_checkpoint, resume_mode
 from .rundir import checkpoint_path, prepare_run_dir, prune_checkpoints, truncate_metrics, write_config, write_json
 from .schedules import WarmupCosine, run_schedule
 from .signals import StopOnSignal
@@ -129,6 +129,7 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
             convert_sync_bn(method, device)
         D.broadcast_module(method, dctx)
     spe = data.train.num_batches(t.batch_size, drop_last=True)
+    assert o.lr is not None and o.weight_decay is not None  # resolved
     optimizer = build_optimizer(method, o, o.lr, o.weight_decay, device)
     D.rank0_call(dctx, lambda: check_free_space(run_dir, method))
     if t.channels_last:
@@ -146,8 +147,7 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
                       accum=t.grad_accum_steps, bf16=t.precision == "bf16", channels_last=bool(t.channels_last),
                       grad_clip=t.grad_clip, skip_non_finite=t.nan_policy == "skip")
     logger = MetricsLogger(run_dir, total_steps=state.total_steps, quiet=quiet) if dctx.is_main else D.NullLogger()
-    schedule = run_schedule(o.lr, state.total_steps, int(round(o.warmup_epochs * spe)), o.min_lr_ratio)
-    return Run(cfg, run_dir, data, stepper, state, spe, schedule, logger, callbacks, quiet, name=method_name(cfg),
+    return Run(cfg, run_dir, data, stepper, state, spe, _schedule(cfg, spe, state.total_steps), logger, callbacks, quiet, name=method_name(cfg),
                start_step=state.step)
 
 
@@ -258,9 +258,14 @@ def _log_step(run: Run, out: Any, budget: Budget) -> bool:
 def _set_total_steps(run: Run, total: int) -> None:
     """The budget's new length of the run: the schedule (warm-up unchanged) and the progress line follow."""
     run.state.total_steps = total
-    o = run.cfg.optim
-    run.schedule = run_schedule(o.lr, total, int(round(o.warmup_epochs * run.spe)), o.min_lr_ratio)
+    run.schedule = _schedule(run.cfg, run.spe, total)
     run.logger.total_steps = total
+
+
+def _schedule(cfg: RunConfig, spe: int, total_steps: int) -> WarmupCosine:
+    o = cfg.optim
+    assert o.lr is not None  # resolved
+    return run_schedule(o.lr, total_steps, int(round(o.warmup_epochs * spe)), o.min_lr_ratio)
 
 
 def _stop_if_non_finite(run: Run) -> None:

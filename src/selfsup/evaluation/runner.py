@@ -21,8 +21,8 @@ import torch
 
 from ..config import build_run_config
 from ..data import DataError, load_dataset
-from ..engine.rundir import latest_checkpoint, write_json
 from ..engine.build import build_run, resolve_device
+from ..engine.rundir import latest_checkpoint, write_json
 from ..errors import ConfigError
 from ..registry import EVALUATORS
 from .protocols import EvalContext, check_options

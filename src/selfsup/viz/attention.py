@@ -69,8 +69,8 @@ def attention_for_run(run_dir: str | Path, out_dir: str | Path, *, data: str | N
     """Load ``run_dir``'s newest checkpoint and write attention PNGs of the first ``n`` images of ``data``
     (default: the run's data; its test split when it has one)."""
     from ..data import DataError, load_dataset
-    from ..engine.rundir import latest_checkpoint
     from ..engine.build import build_run, resolve_device
+    from ..engine.rundir import latest_checkpoint
 
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
