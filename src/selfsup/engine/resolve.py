@@ -9,6 +9,7 @@ same run, on any machine. The caller's config is never changed.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 
@@ -42,8 +43,9 @@ def prefers_channels_last(cfg: RunConfig, data: ImageDataset) -> bool:
     there is built on the CPU. torch's random state is put back either way."""
     args = (cfg, data.channels, data.image_size[0], data.train.num_images)
     with torch.random.fork_rng(devices=[]):
-        try:
-            with torch.device("meta"):
+        try:  # (warnings of this build, e.g. loading a checkpoint into meta tensors, are the probe's alone;
+            with torch.device("meta"), warnings.catch_warnings():  # the real build warns again)
+                warnings.simplefilter("ignore")
                 method = build_method_for(*args)
         except ConfigError:
             raise
