@@ -16,6 +16,7 @@ class EMATeacher(SharedPart):
     The teacher's parameters never receive gradients; its buffers (BN statistics) are copied from the student.
     The student is held by reference, not as a submodule, so its weights are not saved twice.
     """
+    last_momentum: torch.Tensor
 
     def __init__(self, student: nn.Module, momentum: float | Callable[[float], float] = 0.996) -> None:
         super().__init__()
