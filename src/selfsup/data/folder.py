@@ -31,14 +31,18 @@ class BadImage(Exception):
     pass
 
 
-def _check_size(w: int, h: int) -> None:
-    """Refuse from the header alone: the work is bounded by the decoded pixels and the crop's source area."""
+def _check_shape(w: int, h: int) -> None:
+    """Refuse from the header alone, before any pixel is decoded."""
     if w <= 0 or h <= 0:
         raise BadImage(f"{w}x{h} pixels: empty image")
-    if w * h > MAX_PIXELS:
-        raise BadImage(f"{w}x{h} pixels exceeds the {MAX_PIXELS} pixel limit")
     if max(w, h) > MAX_ASPECT * min(w, h):
         raise BadImage(f"{w}x{h} pixels exceeds the {MAX_ASPECT}:1 aspect-ratio limit")
+
+
+def _check_pixels(w: int, h: int) -> None:
+    """The pixels that will actually be decoded (a JPEG's after its DCT-scale reduction)."""
+    if w * h > MAX_PIXELS:
+        raise BadImage(f"{w}x{h} pixels exceeds the {MAX_PIXELS} pixel limit")
 
 
 def _to_8bit(im):
@@ -69,10 +73,10 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
         if path.stat().st_size == 0:
             raise BadImage("empty file")
         with Image.open(path) as im:
-            _check_size(*im.size)
+            _check_shape(*im.size)
             if im.format == "JPEG":
                 im.draft(mode, (size, size))
-                _check_size(*im.size)
+            _check_pixels(*im.size)
             im = _to_8bit(im).convert(mode)
             w, h = im.size
             side = min(w, h)
