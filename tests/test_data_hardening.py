@@ -253,3 +253,19 @@ def test_resize_request_beyond_memory_is_refused(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"small\.npz: 4 images at 64x64 need") as e:
         load_dataset(str(p), image_size=64)
     one_line(e)
+
+
+def test_in_memory_folder_decodes_into_one_array(tmp_path):
+    """Peak memory is the dataset once (a preallocated array), not decoded copies plus a stacked one."""
+    import tracemalloc
+
+    paths = [save(tmp_path / f"{i}.png", rgb(i, size=(8, 8))) for i in range(100)]
+    folder_mod.load_folder_in_memory(paths[:2], None, 64, 3, tmp_path)  # warm imports and caches
+    tracemalloc.start()
+    try:
+        split = folder_mod.load_folder_in_memory(paths, None, 64, 3, tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    data = split.images.numel()
+    assert data == 100 * 3 * 64 * 64 and peak < 1.5 * data, (peak, data)
