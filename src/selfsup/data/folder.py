@@ -81,7 +81,7 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
             w, h = im.size
             side = min(w, h)
             left, top = (w - side) / 2, (h - side) / 2
-            im = im.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=None)
+            im = im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=None)
             arr = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
     except BadImage:
         raise

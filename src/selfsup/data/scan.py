@@ -99,7 +99,8 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int] | None, list[st
     if not r.is_dir():
         raise DataError(f"data path is neither a directory nor a .npz file: {r}")
     root_real = os.path.realpath(r)
-    subdirs, above = [], []
+    subdirs: list[Path] = []
+    above: list[Path] = []
     for e in _entries(r):
         if _is_dir(e):
             (above if _links_above(os.path.realpath(e.path), root_real) else subdirs).append(Path(e.path))
