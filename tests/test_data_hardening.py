@@ -269,3 +269,12 @@ def test_in_memory_folder_decodes_into_one_array(tmp_path):
         tracemalloc.stop()
     data = split.images.numel()
     assert data == 100 * 3 * 64 * 64 and peak < 1.5 * data, (peak, data)
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_image_size_must_be_a_positive_whole_number(tmp_path, size):
+    """0 used to mean the default 64 for folders and a negative size reached numpy's allocator."""
+    save(tmp_path / "f" / "a.png", rgb(0))
+    with pytest.raises(DataError, match="image size must be a whole number of pixels >= 1") as e:
+        load_dataset(str(tmp_path / "f"), image_size=size)
+    one_line(e)

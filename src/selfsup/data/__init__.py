@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from numbers import Integral
 from pathlib import Path
 
 import torch
@@ -52,6 +53,10 @@ def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | N
     """
     if not spec:
         raise DataError("no data given: pass --data with a dataset name, a .npz file or an image folder")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, Integral)
+                                   or image_size < 1):
+        raise DataError(f"image size must be a whole number of pixels >= 1, got {image_size!r}")
+    image_size = None if image_size is None else int(image_size)
     path = Path(spec)
     folder_test = None  # a test folder beside a train folder: loaded by load_folder (same classes, channels)
     if spec in DATASETS and not path.exists():
