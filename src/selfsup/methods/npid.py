@@ -116,5 +116,5 @@ class NPID(Method):
         f = F.normalize(self.projector(h), dim=1)
         idx = batch.index
         loss = self.criterion(f, self.bank.positives_and_negatives(idx, self.cfg.num_negatives))
-        self.bank.stage(idx, f)
+        self.bank.stage(idx, f, ctx)
         return MethodOutput(loss=loss, embedding=h.detach())
