@@ -24,6 +24,7 @@ from .gather import gather_no_grad, rank_rows
 
 class MemoryBank(SharedPart):
     """``size`` rows of dimension ``dim`` (size = the number of training images; dataset indices address rows)."""
+    rows: torch.Tensor
 
     def __init__(self, size: int, dim: int, momentum: float = 0.5, *, owner: str = "method") -> None:
         super().__init__()

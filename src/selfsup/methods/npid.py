@@ -54,6 +54,7 @@ class BankLoss(torch.nn.Module):
 
     Holds NCE's log-normaliser ``c = log(m·Z/n)``: −inf until the first step estimates it, then fixed (Wu et al.).
     """
+    log_norm: torch.Tensor
 
     def __init__(self, loss: str, temperature: float) -> None:
         super().__init__()
