@@ -21,7 +21,6 @@ from .gather import all_reduce_mean_
 class Center(SharedPart):
     """A (1, dim) buffer ``center`` updated with momentum ``momentum`` from the observed batch means."""
     center: torch.Tensor
-    pending: torch.Tensor
 
     def __init__(self, dim: int, momentum: float = 0.9) -> None:
         super().__init__()
