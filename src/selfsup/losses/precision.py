@@ -9,7 +9,7 @@ float64, integer and bool tensors are untouched). The gradient flows back throug
 from __future__ import annotations
 
 import functools
-from contextlib import ExitStack
+from contextlib import nullcontext
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -20,26 +20,21 @@ _LOW = (torch.float16, torch.bfloat16)
 
 
 def _to_fp32(x: Any) -> Any:
-    if isinstance(x, torch.Tensor) and x.dtype in _LOW:
-        return x.float()
-    if isinstance(x, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in x):
-        return type(x)(_to_fp32(v) for v in x)
-    return x
+    return x.float() if isinstance(x, torch.Tensor) and x.dtype in _LOW else x
 
 
-def _device_types(values: tuple[Any, ...]) -> set[str]:
-    types = {v.device.type for v in values if isinstance(v, torch.Tensor)}
-    return types or {"cpu"}
+def _device_type(values: tuple[Any, ...]) -> str:
+    """The device type of the first tensor among ``values`` ("cpu" when there is none)."""
+    return next((v.device.type for v in values if isinstance(v, torch.Tensor)), "cpu")
 
 
 def fp32_loss(fn: LossFn) -> LossFn:
     """Decorator: run ``fn`` in float32 with autocast off (see the module docstring). Marks it ``__fp32_loss__``."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with ExitStack() as stack:
-            for device_type in _device_types(args + tuple(kwargs.values())):
-                if torch.is_autocast_enabled(device_type):
-                    stack.enter_context(torch.autocast(device_type, enabled=False))
+        device_type = _device_type(args + tuple(kwargs.values()))
+        off = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext()
+        with off:
             return fn(*(_to_fp32(a) for a in args), **{k: _to_fp32(v) for k, v in kwargs.items()})
 
     wrapper.__fp32_loss__ = True  # type: ignore[attr-defined]
