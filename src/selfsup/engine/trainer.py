@@ -26,15 +26,25 @@ from ..errors import ConfigError
 from ..methods.base import Method, ViewBatch, build_method
 from ..registry import METHODS
 from . import distributed as D
-from .checkpoint import save_checkpoint
+from .checkpoint import fsync_path, save_checkpoint
 from .compile import SafeCompiled
+from .lock import RunLock
 from .logging import MetricsLogger
 from .monitors import CollapseMonitor, CollapseWarning
-from .nonfinite import KIND, bad_code, grad_norm
+from .nonfinite import KIND, BufferSnapshot, all_skipped_message, bad_code, grad_norm, tensors_finite
 from .optim import build_optimizer
-from .resume import check_free_space, find_resume_checkpoint, resume_mode
+from .resume import (
+    already_finished,
+    check_free_space,
+    check_resume_config,
+    check_resume_data,
+    find_resume_checkpoint,
+    previous_result,
+    record_resume,
+    resume_mode,
+)
 from .rundir import checkpoint_path, prepare_run_dir, prune_checkpoints, truncate_metrics, write_config, write_json
-from .schedules import warmup_cosine
+from .schedules import WarmupCosine
 from .signals import StopOnSignal
 
 
@@ -116,17 +126,19 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool | str = False, ove
     resume = resume_mode(resume)
     t = cfg.train
     dctx, dist_device = D.init_distributed(t.device, t.dist_timeout_min)
+    lock = RunLock(out)  # run-life: RUN/.lock, taken by rank 0 in prepare_run_dir, held until the run ends
     try:
-        return _pretrain(cfg, out, resume, overwrite, data, quiet or not dctx.is_main, dctx, dist_device, views)
+        return _pretrain(cfg, out, resume, overwrite, data, quiet or not dctx.is_main, dctx, dist_device, views, lock)
     finally:
+        lock.release()
         D.shutdown()
 
 
 def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data: ImageDataset | None,
               quiet: bool, dctx: D.DistContext, dist_device: torch.device | None,
-              views: MultiViewPipeline | None = None) -> TrainResult:
+              views: MultiViewPipeline | None = None, lock: RunLock | None = None) -> TrainResult:
     t = cfg.train
-    run_dir = D.rank0_call(dctx, lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite))
+    run_dir = D.rank0_call(dctx, lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite, lock=lock))
     if t.nan_policy not in ("stop", "skip"):
         raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
     b = build_run(cfg, data, dist_device)
@@ -174,12 +186,21 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
             print(f"no checkpoint in {run_dir} yet: starting fresh", file=sys.stderr)
     if found is not None:
         ckpt_file, ckpt = found
+        # run-life: the same run or a refusal naming the changed keys (engine/resume.py), before any state loads
+        changes = check_resume_config(ckpt.get("config"), resolved, ckpt_file)
+        check_resume_data(ckpt.get("data"), ds.channels, ds.image_size, n, ckpt_file)
         log_state = ckpt.get("log", {})
         method.load_state_dict(ckpt["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], aug_gen)
         start_step = int(ckpt["step"])
         total_steps = int(ckpt["total_steps"])
+        done = already_finished(run_dir, start_step, total_steps, t.max_steps)  # run-life: leave a finished run
+        if done:
+            if not quiet:
+                print(done, file=sys.stderr)
+            speed, final_loss = previous_result(run_dir)
+            return TrainResult(run_dir, start_step, start_step / spe, speed, 0.0, final_loss, "finished")
         if dctx.enabled or "aug_ranks" in ckpt["rng"]:
             msg = D.restore_generator(aug_gen, ckpt["rng"].get("aug_ranks"), dctx, t.seed, start_step)
             if msg and not quiet:
@@ -188,11 +209,16 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
             truncate_metrics(run_dir, start_step)
         if not quiet:
             print(f"resuming {run_dir} from {ckpt_file.name} (step {start_step}/{total_steps})", file=sys.stderr)
-    if dctx.is_main:
+        if dctx.is_main:  # run-life: config.yaml keeps the launch config; resumes.jsonl records what changed
+            record_resume(run_dir, start_step, ckpt_file, changes)
+            if not (run_dir / "config.yaml").exists():
+                write_config(run_dir, ckpt["config"])
+    elif dctx.is_main:
         write_config(run_dir, resolved)
-    def schedule(total: int) -> list[float]:
+
+    def schedule(total: int) -> WarmupCosine:  # run-life: lr computed per step, no list of total_steps floats
         # warm-up never takes more than a fifth of a run (short budgets still get their cosine decay)
-        return warmup_cosine(lr, total, min(warmup, total // 5), lr * cfg.optim.min_lr_ratio)
+        return WarmupCosine(lr, total, min(warmup, total // 5), lr * cfg.optim.min_lr_ratio)
 
     lrs = schedule(total_steps)
 
@@ -207,8 +233,10 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
             return
         if dctx.enabled:
             rng["aug_ranks"] = aug_states
+        fsync_path(run_dir / "metrics.jsonl")  # run-life: the log up to this step is as durable as the checkpoint
+        state = method.state_dict()
         save_checkpoint({
-            "method": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "method": state, "optimizer": optimizer.state_dict(), "step": step,
             "total_steps": total_steps, "epoch": step / spe, "rng": rng, "config": resolved,
             "method_name": cfg.method["name"],
             # the open log window, so a resumed run logs the same averaged losses as an uninterrupted one
@@ -216,7 +244,7 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
             "data": {"channels": ds.channels, "image_size": list(ds.image_size), "num_train": n,
                      "mean": list(ds.mean), "std": list(ds.std)},
         }, checkpoint_path(run_dir, step))
-        prune_checkpoints(run_dir, keep=2)
+        prune_checkpoints(run_dir, keep=2, newest_finite=tensors_finite(state))  # run-life: keep a finite one
 
     def stop_if_non_finite() -> None:
         bad = D.reduce_first_bad(first_bad, dctx)  # one host sync, only at log and checkpoint steps
@@ -237,6 +265,8 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     first_kind = torch.zeros((), dtype=torch.long, device=device)
     skip = t.nan_policy == "skip"
+    snapshot = BufferSnapshot(method) if skip else None  # run-life: a skipped step restores every buffer
+    skipped_before = skipped
     mid_step = False
     stop = StopOnSignal().install()  # SIGTERM/SIGINT: finish the step, checkpoint, exit; restored below
     last_loss = float("nan")
@@ -253,6 +283,8 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
             for x, idx, _ in D.rank_batches(ds.train, t.batch_size, dctx, generator=gen, start_batch=step % spe):
                 mid_step = True
+                if snapshot is not None:
+                    snapshot.take()
                 for g in optimizer.param_groups:
                     g["lr"] = lrs[step]
                 ctx = StepContext(step=step, total_steps=total_steps, epoch=epoch, steps_per_epoch=spe)
@@ -280,6 +312,8 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
                 # the default policy ("stop") never syncs here; "skip" must know now (one host sync per step)
                 if skip and not bool(D.all_finite(code == 0, dctx)):
                     optimizer.zero_grad(set_to_none=True)
+                    if snapshot is not None:  # run-life: BN statistics, queues, centres as before the forward
+                        snapshot.restore()
                     skipped += 1
                     print(f"step {step}: non-finite {KIND.get(int(code), 'value on another rank')}, update skipped "
                           "(train.nan_policy=skip)", file=sys.stderr)
@@ -357,6 +391,9 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
     finally:
         logger.close()
         stop.restore()
+    all_skipped = all_skipped_message(step - start_step, skipped - skipped_before, cfg.method["name"])  # run-life
+    if all_skipped:
+        raise TrainingError(all_skipped)
     if D.reduce_first_bad(first_bad, dctx) < 0 and not mid_step:  # a step cut half-way is not saved
         save(step)
     if stopped == "interrupted" and not quiet:
