@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -21,7 +22,7 @@ from conftest import make_blobs
 from selfsup.cli.main import main
 from selfsup.config import build_run_config
 from selfsup.engine import checkpoint as ckmod
-from selfsup.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from selfsup.engine.checkpoint import load_checkpoint, save_checkpoint
 from selfsup.engine.lock import RunLock
 from selfsup.engine.resume import SAFE_ON_RESUME
 from selfsup.engine.rundir import RunDirError, list_checkpoints, prune_checkpoints, write_config, write_json
@@ -157,8 +158,6 @@ def half_run(tmp_path_factory) -> Path:
 
 
 def copy_run(src: Path, dst: Path) -> Path:
-    import shutil
-
     shutil.copytree(src, dst)
     return dst
 
