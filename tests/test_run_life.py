@@ -459,3 +459,15 @@ def test_ten_million_epochs_cost_nothing_before_the_first_step(tmp_path):
     assert peak < 64 * 2**20, f"peak Python allocation {peak / 2**20:.0f} MiB"
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["total_steps"] == 4 * 10**7
+
+
+def test_a_key_older_runs_lack_is_no_change_at_its_default():
+    from selfsup.engine.resume import check_resume_config
+
+    new = cfg(max_steps=4).to_dict()
+    old = json.loads(json.dumps(new))
+    del old["train"]["dist_timeout_min"], old["method"]["temperature"]  # as written by a version without them
+    assert check_resume_config(old, new, Path("step-00000002.pt")) == {}
+    new["method"]["temperature"] = 0.3
+    with pytest.raises(ConfigError, match=r"method\.temperature None -> 0\.3"):
+        check_resume_config(old, new, Path("step-00000002.pt"))

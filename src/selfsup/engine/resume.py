@@ -98,13 +98,34 @@ def _device_type(name: Any) -> str:
         return str(name)
 
 
-def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Every dotted key whose value differs (absent on one side: ``None`` there), sorted by key."""
+def config_defaults(method: Any) -> dict[str, Any]:
+    """Dotted defaults of every config key (the method's from its ``Config``), for keys older runs do not have."""
+    from ..config import RunConfig, to_plain
+    from ..registry import METHODS
+
+    out = flatten_config(RunConfig().to_dict())
+    out = {k: v for k, v in out.items() if not k.startswith("method.")}
+    try:
+        out.update(flatten_config({"method": to_plain(METHODS.get(method).Config())}))
+    except Exception:  # an unknown method name: nothing to default, the name itself differs
+        pass
+    return out
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any],
+                   defaults: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+    """Every dotted key whose value differs (absent on one side: ``None`` there), sorted by key.
+
+    A key the saved config lacks (a run from a version without it) is no change when the new value is its default.
+    """
     a, b = flatten_config(saved), flatten_config(new)
+    defaults = defaults or {}
     missing = object()
     out = {}
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k, missing), b.get(k, missing)
+        if va is missing and k in defaults and vb == defaults[k]:
+            continue
         if va != vb:
             out[k] = (None if va is missing else va, None if vb is missing else vb)
     return out
@@ -122,7 +143,7 @@ def check_resume_config(saved: Any, new: dict[str, Any], ckpt_file: Path) -> dic
     """
     if not isinstance(saved, dict):
         raise ConfigError(f"{ckpt_file}: the checkpoint holds no saved config to compare with; it cannot be resumed")
-    changes = config_changes(saved, new)
+    changes = config_changes(saved, new, config_defaults(new.get("method", {}).get("name")))
     bad = {k: v for k, v in changes.items()
            if k not in SAFE_ON_RESUME or (k == "train.device" and _device_type(v[0]) != _device_type(v[1]))}
     if bad:
