@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A bad configuration key or value; the message names the key."""
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked (missing, not writable, in use by another run); names it."""

@@ -67,6 +67,8 @@ class CollapseMonitor:
         """Monitor values as floats (one host sync; call at log steps only)."""
         stats: dict[str, torch.Tensor] = {}
         if embedding is not None and embedding.ndim >= 2 and embedding.shape[0] > 1:
+            if not bool(torch.isfinite(embedding.detach()).all()):  # a skipped non-finite step: no SVD of NaN
+                return {}
             stats.update(embedding_stats(embedding))
         if probs is not None and probs.ndim == 2 and probs.shape[1] > 1:
             stats.update(entropy_stats(probs))

@@ -1,14 +1,31 @@
-"""Per-step learning-rate schedules: linear warm-up then cosine decay, as a function of the step."""
+"""Per-step learning-rate schedules: linear warm-up then cosine decay, computed per step (never a list of all steps).
+
+A run's schedule is :class:`WarmupCosine`, called with the step (``sched(step)``) and holding only its four
+parameters, so ``--epochs 10**7`` costs nothing before the first step. :func:`warmup_cosine` lists the same
+values (for tests and plots of short schedules).
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
 
+def lr_at(step: int, base: float, total_steps: int, warmup_steps: int, final: float = 0.0) -> float:
+    """The learning rate of ``step`` (0-based): linear from ``base / warmup_steps`` to ``base`` over
+    ``warmup_steps``, then cosine from ``base`` to ``final`` over the rest of ``total_steps``. Steps outside the
+    run take the nearest end's value."""
+    total = max(1, total_steps)
+    warmup = min(max(0, warmup_steps), total)
+    s = min(max(0, step), total - 1)
+    if s < warmup:
+        return base * (s + 1) / warmup
+    t = (s - warmup) / max(1, total - warmup)
+    return final + (base - final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 @dataclass(frozen=True)
 class WarmupCosine:
-    """``lr_at(step)`` for ``total_steps`` steps: linear from ~0 to ``base`` over ``warmup_steps``, then cosine
-    to ``final``. Steps past the end keep the last value."""
+    """``sched(step)`` → :func:`lr_at` for a run of ``total_steps`` steps; O(1) memory for any length."""
 
     base: float
     total_steps: int
@@ -16,16 +33,7 @@ class WarmupCosine:
     final: float = 0.0
 
     def __call__(self, step: int) -> float:
-        return self.lr_at(step)
-
-    def lr_at(self, step: int) -> float:
-        total = max(1, self.total_steps)
-        warmup = min(max(0, self.warmup_steps), total)
-        s = min(max(0, step), total - 1)
-        if s < warmup:
-            return self.base * (s + 1) / warmup
-        t = (s - warmup) / max(1, total - warmup)
-        return self.final + (self.base - self.final) * 0.5 * (1 + math.cos(math.pi * t))
+        return lr_at(step, self.base, self.total_steps, self.warmup_steps, self.final)
 
 
 def run_schedule(lr: float, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> WarmupCosine:
@@ -37,4 +45,4 @@ def run_schedule(lr: float, total_steps: int, warmup_steps: int, min_lr_ratio: f
 def warmup_cosine(base: float, total_steps: int, warmup_steps: int, final: float = 0.0) -> list[float]:
     """The ``total_steps`` values of :class:`WarmupCosine` as a list."""
     f = WarmupCosine(base, total_steps, warmup_steps, final)
-    return [f.lr_at(s) for s in range(max(1, total_steps))]
+    return [f(s) for s in range(max(1, total_steps))]

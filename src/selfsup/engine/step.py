@@ -12,10 +12,10 @@ from typing import Any, Callable
 import torch
 
 from ..augment.pipeline import MultiViewPipeline
-from ..components.base import StepContext, update_parts
+from ..components.base import StepContext, discard_staged, update_parts
 from ..methods.base import Method, MethodOutput, ViewBatch
 from . import distributed as D
-from .nonfinite import KIND, bad_code, grad_norm
+from .nonfinite import KIND, BufferSnapshot, bad_code, grad_norm
 from .state import TrainState
 
 
@@ -38,6 +38,8 @@ class Stepper:
 
     def __post_init__(self) -> None:
         self.params: list[torch.Tensor] = [p for p in self.method.parameters() if p.requires_grad]
+        # nan_policy=skip: every buffer is copied before the step and put back if the step is skipped
+        self.snapshot = BufferSnapshot(self.method) if self.skip_non_finite else None
 
 
 def forward_backward(s: Stepper, x: torch.Tensor, idx: torch.Tensor, ctx: StepContext, aug_gen: torch.Generator
@@ -64,6 +66,8 @@ def train_step(s: Stepper, state: TrainState, x: torch.Tensor, idx: torch.Tensor
     for g in s.optimizer.param_groups:
         g["lr"] = lr
     x, idx = x.to(s.device, non_blocking=True), idx.to(s.device)
+    if s.snapshot is not None:
+        s.snapshot.take()
     s.optimizer.zero_grad(set_to_none=True)
     loss, out = forward_backward(s, x, idx, ctx, state.aug_gen)
     D.average_gradients(s.params, s.dctx)
@@ -71,8 +75,12 @@ def train_step(s: Stepper, state: TrainState, x: torch.Tensor, idx: torch.Tensor
     code = bad_code(loss, gnorm)  # 0, or what went non-finite (loss or gradient), on the device
     # the default policy ("stop") never syncs here; "skip" must know now (one host sync per step)
     if s.skip_non_finite and not bool(D.all_finite(code == 0, s.dctx)):
-        # train.nan_policy=skip: this step's update is dropped, the run goes on with the next batch
+        # train.nan_policy=skip: this step leaves no trace (no update; BatchNorm statistics, queues, centres and
+        # staged rows as before its forward), the run goes on with the next batch
         s.optimizer.zero_grad(set_to_none=True)
+        assert s.snapshot is not None
+        s.snapshot.restore()
+        discard_staged(s.method)
         state.skipped += 1
         print(f"step {state.step}: non-finite {KIND.get(int(code), 'value on another rank')}, update skipped "
               "(train.nan_policy=skip)", file=sys.stderr)

@@ -28,13 +28,23 @@ from . import distributed as D
 from .budget import Budget
 from .build import build_run, load_data, method_class, method_name, resolve_device
 from .callbacks import Callback, CollapseCallback, RunView
-from .checkpoint import save_checkpoint
+from .checkpoint import fsync_path, save_checkpoint
 from .compile import SafeCompiled
+from .lock import RunLock
 from .logging import MetricsLogger
-from .nonfinite import KIND
+from .nonfinite import KIND, all_skipped_message, tensors_finite
 from .optim import build_optimizer
 from .resolve import resolve_config
-from .resume import check_free_space, find_resume_checkpoint, resume_mode
+from .resume import (
+    already_finished,
+    check_free_space,
+    check_resume_config,
+    check_resume_data,
+    find_resume_checkpoint,
+    previous_result,
+    record_resume,
+    resume_mode,
+)
 from .rundir import checkpoint_path, prepare_run_dir, prune_checkpoints, truncate_metrics, write_config, write_json
 from .schedules import WarmupCosine, run_schedule
 from .signals import StopOnSignal
@@ -54,7 +64,7 @@ class TrainResult:
     images_per_s: float
     wall_s: float
     final_loss: float
-    stopped: str  # "done" | "max_steps" | "time_limit" | "interrupted" | "collapsed"
+    stopped: str  # "done" | "max_steps" | "time_limit" | "interrupted" | "collapsed" | "finished" (nothing to do)
 
 
 @dataclass
@@ -76,6 +86,8 @@ class Run:
     mid_step: bool = False  # a step is under way (a run cut there is not checkpointed)
     last_loss: float = float("nan")
     stopped_by: Callback | None = None
+    finished: str | None = None  # resumed with nothing left to do: the line to print (files stay unchanged)
+    skipped_before: int = 0  # steps skipped before this launch (a run whose every step is skipped is an error)
     window: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [start time, images] of the speed window
 
     @property
@@ -105,18 +117,21 @@ def pretrain(cfg: RunConfig, out: str | Path, *, resume: bool | str = False, ove
         warnings.warn("train.knn_every is set but no callback implements it; selfsup.api.pretrain (and the CLI) "
                       "attach the online kNN monitor", stacklevel=2)
     dctx, dist_device = D.init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
+    lock = RunLock(out)  # RUN/.lock: taken by rank 0 in prepare_run_dir, held until the run ends (engine/lock.py)
     try:
-        run = _setup(cfg, out, resume, overwrite, data, quiet or not dctx.is_main, dctx, dist_device, views, cbs)
-        return _train(run)
+        run = _setup(cfg, out, resume, overwrite, data, quiet or not dctx.is_main, dctx, dist_device, views, cbs,
+                     lock)
+        return _already_finished(run) if run.finished else _train(run)
     finally:
+        lock.release()
         D.shutdown()
 
 
 def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data: ImageDataset | None, quiet: bool,
            dctx: D.DistContext, dist_device: torch.device | None, views: MultiViewPipeline | None,
-           callbacks: list[Callback]) -> Run:
+           callbacks: list[Callback], lock: RunLock | None = None) -> Run:
     """Run directory, resolved config, model, optimizer, state (restored when resuming) and config.yaml."""
-    run_dir = D.rank0_call(dctx, lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite))
+    run_dir = D.rank0_call(dctx, lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite, lock=lock))
     data = data or load_data(cfg)
     device = dist_device or resolve_device(cfg.train.device)
     cfg = resolve_config(cfg, method_class(cfg), data, device)
@@ -137,8 +152,8 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     aug_gen = torch.Generator(device=device)
     aug_gen.manual_seed(t.seed + 1 + dctx.rank)  # one augmentation stream per rank (rank 0: the 1-process one)
     state = TrainState(device, aug_gen, total_steps=max(1, t.epochs * spe))
-    _restore(run_dir, resume, method, optimizer, state, dctx, t.seed, quiet)
-    if dctx.is_main:
+    finished = _restore(run_dir, resume, cfg, data, method, optimizer, state, dctx, quiet)
+    if dctx.is_main and state.step == 0:  # a resumed run keeps its config.yaml (resumes.jsonl: what changed)
         write_config(run_dir, cfg.to_dict())
     forward: Any = method
     if t.compile:  # falls back to eager, with one logged line, if compiling fails (also at the first call)
@@ -147,13 +162,16 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
                       accum=t.grad_accum_steps, bf16=t.precision == "bf16", channels_last=bool(t.channels_last),
                       grad_clip=t.grad_clip, skip_non_finite=t.nan_policy == "skip")
     logger = MetricsLogger(run_dir, total_steps=state.total_steps, quiet=quiet) if dctx.is_main else D.NullLogger()
-    return Run(cfg, run_dir, data, stepper, state, spe, _schedule(cfg, spe, state.total_steps), logger, callbacks, quiet, name=method_name(cfg),
-               start_step=state.step)
+    return Run(cfg, run_dir, data, stepper, state, spe, _schedule(cfg, spe, state.total_steps), logger, callbacks,
+               quiet, name=method_name(cfg), start_step=state.step, finished=finished,
+               skipped_before=state.skipped)
 
 
-def _restore(run_dir: Path, resume: bool, method: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             state: TrainState, dctx: D.DistContext, seed: int, quiet: bool) -> None:
-    """Load the newest checkpoint into the model, the optimizer and ``state`` when resuming."""
+def _restore(run_dir: Path, resume: bool, cfg: RunConfig, data: ImageDataset, method: torch.nn.Module,
+             optimizer: torch.optim.Optimizer, state: TrainState, dctx: D.DistContext, quiet: bool) -> str | None:
+    """Load the newest checkpoint into the model, the optimizer and ``state`` when resuming, after checking that
+    it was trained with this config and data (engine/resume.py). Returns the line to print when the run has
+    nothing left to do (its files stay unchanged)."""
     found = find_resume_checkpoint(run_dir) if resume else None
     if resume and found is None:
         if dctx.is_main:
@@ -161,17 +179,35 @@ def _restore(run_dir: Path, resume: bool, method: torch.nn.Module, optimizer: to
         if not quiet:
             print(f"no checkpoint in {run_dir} yet: starting fresh", file=sys.stderr)
     if found is None:
-        return
+        return None
     ckpt_file, ckpt = found
+    changes = check_resume_config(ckpt.get("config"), cfg.to_dict(), ckpt_file)  # before any state loads
+    check_resume_data(ckpt.get("data"), data.channels, data.image_size, data.train.num_images, ckpt_file)
     method.load_state_dict(ckpt["method"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    msg = state.load_state_dict(ckpt, dctx, seed)
+    msg = state.load_state_dict(ckpt, dctx, cfg.train.seed)
+    done = already_finished(run_dir, state.step, state.total_steps, cfg.train.max_steps)
+    if done:
+        return done
     if msg and not quiet:
         print(msg, file=sys.stderr)
     if dctx.is_main:
         truncate_metrics(run_dir, state.step)
+        record_resume(run_dir, state.step, ckpt_file, changes)
+        if not (run_dir / "config.yaml").exists():
+            write_config(run_dir, ckpt["config"])
     if not quiet:
         print(f"resuming {run_dir} from {ckpt_file.name} (step {state.step}/{state.total_steps})", file=sys.stderr)
+    return None
+
+
+def _already_finished(run: Run) -> TrainResult:
+    """A resumed run with nothing left to do: say so and leave every file as it was."""
+    if not run.quiet:
+        print(run.finished, file=sys.stderr)
+    speed, final_loss = previous_result(run.run_dir)
+    step = run.state.step
+    return TrainResult(run.run_dir, step, step / run.spe, speed, 0.0, final_loss, "finished")
 
 
 def _train(run: Run) -> TrainResult:
@@ -223,6 +259,9 @@ def _train(run: Run) -> TrainResult:
     finally:
         run.logger.close()
         stop.restore()
+    all_skipped = all_skipped_message(s.step - run.start_step, s.skipped - run.skipped_before, run.name)
+    if all_skipped:
+        raise TrainingError(all_skipped)
     if s.first_bad_step(dctx) < 0 and not run.mid_step:  # a step cut half-way is not saved
         _save(run)
     return _finish(run, stopped, stop.received, budget.elapsed())
@@ -284,14 +323,15 @@ def _save(run: Run) -> None:
     state = run.state.state_dict(run.dctx)
     if not run.dctx.is_main:
         return
-    ds, method = run.data, run.stepper.method
+    ds, weights = run.data, run.stepper.method.state_dict()
+    fsync_path(run.run_dir / "metrics.jsonl")  # the log up to this step is as durable as the checkpoint
     save_checkpoint({
-        "method": method.state_dict(), "optimizer": run.stepper.optimizer.state_dict(), **state,
+        "method": weights, "optimizer": run.stepper.optimizer.state_dict(), **state,
         "epoch": run.state.step / run.spe, "config": run.cfg.to_dict(), "method_name": run.name,
         "data": {"channels": ds.channels, "image_size": list(ds.image_size), "num_train": ds.train.num_images,
                  "mean": list(ds.mean), "std": list(ds.std)},
     }, checkpoint_path(run.run_dir, run.state.step))
-    prune_checkpoints(run.run_dir, keep=2)
+    prune_checkpoints(run.run_dir, keep=2, newest_finite=tensors_finite(weights))  # a finite one always stays
 
 
 def _finish(run: Run, stopped: str, signal: str | None, wall: float) -> TrainResult:
