@@ -24,9 +24,8 @@ from typing import Any
 import torch
 
 from ..backbones.base import build_backbone
-from ..config import build_run_config, method_config
+from ..config import build_run_config
 from ..methods.base import Method, build_method
-from ..registry import METHODS
 from .rundir import RunDirError, latest_checkpoint
 
 FORMATS = ("safetensors", "pt")
@@ -47,11 +46,11 @@ def rebuild_method(ckpt: dict[str, Any]) -> Method:
         method = build_run(cfg, device=torch.device("cpu")).method
     else:
         torch.manual_seed(cfg.train.seed)
-        in_channels = METHODS.get(cfg.method["name"]).backbone_in_channels(int(info["channels"]))
+        in_channels = cfg.method.method_class.backbone_in_channels(int(info["channels"]))
         backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, width=cfg.backbone.width,
                                   cifar_stem=cfg.backbone.cifar_stem, image_size=int(info["image_size"][0]),
                                   patch_size=cfg.backbone.patch_size)
-        method = build_method(cfg.method["name"], backbone, method_config(cfg), num_train=int(info["num_train"]))
+        method = build_method(cfg.method, backbone, num_train=int(info["num_train"]))
     method.load_state_dict(ckpt["method"])
     return method.eval()
 

@@ -20,11 +20,10 @@ from ..augment.pipeline import MultiViewPipeline
 from ..backbones.base import build_backbone
 from ..components.base import StepContext, update_parts
 from ..components.sync_bn import convert_sync_bn, has_batch_norm
-from ..config import RunConfig, method_config
+from ..config import RunConfig
 from ..data import ImageDataset, load_dataset
 from ..errors import ConfigError
 from ..methods.base import Method, ViewBatch, build_method
-from ..registry import METHODS
 from . import distributed as D
 from .checkpoint import save_checkpoint
 from .compile import SafeCompiled
@@ -80,11 +79,11 @@ def build_run(cfg: RunConfig, data: ImageDataset | None = None, device: torch.de
     device = device or resolve_device(cfg.train.device)
     size = data.image_size[0]
     torch.manual_seed(cfg.train.seed)
-    in_channels = METHODS.get(cfg.method["name"]).backbone_in_channels(data.channels)
+    in_channels = cfg.method.method_class.backbone_in_channels(data.channels)
     backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, width=cfg.backbone.width,
                               cifar_stem=cfg.backbone.cifar_stem, image_size=size,
                               patch_size=cfg.backbone.patch_size)
-    method = build_method(cfg.method["name"], backbone, method_config(cfg), num_train=data.train.num_images)
+    method = build_method(cfg.method, backbone, num_train=data.train.num_images)
     views = method.make_views(size, data.mean, data.std, cfg.augment)
     return Built(cfg, data, method.to(device), views, device)
 
@@ -127,14 +126,10 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
               views: MultiViewPipeline | None = None) -> TrainResult:
     t = cfg.train
     run_dir = D.rank0_call(dctx, lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite))
-    if t.nan_policy not in ("stop", "skip"):
-        raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
     b = build_run(cfg, data, dist_device)
     method, device, ds = b.method, b.device, b.data
     views = views if views is not None else b.views
     n = ds.train.num_images
-    if t.batch_size < 2:
-        raise ConfigError(f"train.batch_size must be >= 2, got {t.batch_size}")
     micro = D.check_batch(t.batch_size, dctx, t.grad_accum_steps, has_batch_norm(method))
     sync_bn = t.sync_bn if t.sync_bn is not None else method.needs_sync_bn
     if dctx.enabled:
@@ -158,8 +153,6 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
     if channels_last:
         method.to(memory_format=torch.channels_last)
     bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    if t.precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"train.precision must be auto, fp32 or bf16, got '{t.precision}'")
 
     aug_gen = torch.Generator(device=device)
     aug_gen.manual_seed(t.seed + 1 + dctx.rank)  # one augmentation stream per rank (rank 0: the 1-process one)
@@ -210,7 +203,7 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
         save_checkpoint({
             "method": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "total_steps": total_steps, "epoch": step / spe, "rng": rng, "config": resolved,
-            "method_name": cfg.method["name"],
+            "method_name": cfg.method.name,
             # the open log window, so a resumed run logs the same averaged losses as an uninterrupted one
             "log": {"loss_sum": float(loss_sum), "loss_count": loss_count, "skipped": skipped},
             "data": {"channels": ds.channels, "image_size": list(ds.image_size), "num_train": n,
@@ -223,7 +216,7 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
         if bad >= 0:  # (never set under nan_policy=skip)
             what = KIND.get(int(first_kind), "loss or gradient (on another rank)")
             raise TrainingError(
-                f"non-finite {what} at step {bad} (method {cfg.method['name']}, lr {lrs[bad]:.3g}); "
+                f"non-finite {what} at step {bad} (method {cfg.method.name}, lr {lrs[bad]:.3g}); "
                 f"stopped, the last good checkpoint in {run_dir / 'checkpoints'} is kept; "
                 "try a lower optim.lr or train.grad_clip, or train.nan_policy=skip")
 
@@ -373,7 +366,7 @@ def _pretrain(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, da
     if not dctx.is_main:
         return result
     write_json(run_dir / "run.json", {
-        "method": cfg.method["name"], "backbone": cfg.backbone.name, "width": cfg.backbone.width,
+        "method": cfg.method.name, "backbone": cfg.backbone.name, "width": cfg.backbone.width,
         "data": cfg.data.path, "steps": step, "total_steps": total_steps, "epochs": round(step / spe, 3),
         "images_per_s": round(result.images_per_s, 1), "wall_s": round(wall, 1), "final_loss": last_loss,
         "stopped": stopped, "signal": stop.received, "device": str(device), "world_size": dctx.world,
