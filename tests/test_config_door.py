@@ -260,3 +260,10 @@ def test_one_view_for_a_two_view_method_is_one_line_on_the_cli(tmp_path, capsys)
                "--quiet", "--set", "augment.n_views=1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "augment.n_views" in err[0], err
+
+
+def test_empty_sections_take_flags_and_overrides(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("method:\ntrain:\n")
+    cfg = parse(["--config", str(f), "--epochs", "3", "--set", "train.seed=4", "--set", "temperature=0.3"])
+    assert (cfg.train.epochs, cfg.train.seed, cfg.method.name, cfg.method.temperature) == (3, 4, "simclr", 0.3)

@@ -300,7 +300,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], method_fields: li
                 )
         if len(parts) != 2:
             raise ConfigError(f"--set key must be section.key, got {key!r}")
-        section = out.setdefault(parts[0], {})
+        section = out.get(parts[0])
+        if section is None:  # absent, or an empty YAML section
+            section = out[parts[0]] = {}
         if isinstance(section, str) and parts[0] == "method":  # "method: simclr" shorthand
             section = out["method"] = {"name": section}
         if not isinstance(section, dict):
