@@ -19,10 +19,18 @@ from conftest import make_blobs
 from selfsup.backbones import build_backbone
 from selfsup.cli.config_args import add_run_flags, config_from_args
 from selfsup.cli.main import main
-from selfsup.config import (AugmentConfig, BackboneConfig, ConfigError, DataConfig, MethodConfig, OptimConfig,
-                            RunConfig, TrainConfig, build_run_config)
+from selfsup.config import (
+    AugmentConfig,
+    BackboneConfig,
+    ConfigError,
+    DataConfig,
+    MethodConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    build_run_config,
+)
 from selfsup.config_checks import Limits
-
 from selfsup.engine.trainer import build_run
 from selfsup.methods.base import build_method
 from selfsup.registry import METHODS
