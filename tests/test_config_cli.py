@@ -29,7 +29,7 @@ def one_line(msg: str) -> str:
 # ----------------------------------------------------------------------------------------------------- config
 def test_defaults_build():
     cfg = parse([])
-    assert cfg.method["name"] == "simclr" and cfg.method["temperature"] == 0.2
+    assert cfg.method.name == "simclr" and cfg.method.temperature == 0.2
     assert cfg.train.batch_size == 256 and cfg.backbone.name == "resnet18"
 
 
@@ -80,7 +80,7 @@ def test_values_are_coerced():
 
 def test_bare_key_routes_to_the_method_section():
     cfg = parse(["--set", "temperature=0.3"])
-    assert cfg.method["temperature"] == 0.3
+    assert cfg.method.temperature == 0.3
     with pytest.raises(ConfigError, match="method.temperature must be > 0"):
         parse(["--set", "temperature=0"])
 
@@ -93,11 +93,11 @@ def test_yaml_then_flags_then_set_precedence(tmp_path):
         "backbone": {"name": "convnet", "width": 0.5},
     }))
     cfg = parse(["--config", str(f)])
-    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.seed, cfg.method["temperature"]) == (5, 16, 3, 0.4)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.seed, cfg.method.temperature) == (5, 16, 3, 0.4)
     cfg = parse(["--config", str(f), "--epochs", "7", "--width", "0.25"])
     assert cfg.train.epochs == 7 and cfg.backbone.width == 0.25 and cfg.train.batch_size == 16
     cfg = parse(["--config", str(f), "--epochs", "7", "--set", "train.epochs=9", "--set", "temperature=0.1"])
-    assert cfg.train.epochs == 9 and cfg.method["temperature"] == 0.1 and cfg.backbone.name == "convnet"
+    assert cfg.train.epochs == 9 and cfg.method.temperature == 0.1 and cfg.backbone.name == "convnet"
 
 
 def test_config_file_errors(tmp_path):

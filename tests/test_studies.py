@@ -13,7 +13,7 @@ from selfsup.augment import ops_extra
 from selfsup.augment.named import TRANSFORMS, NamedViewPipeline, canonical_names
 from selfsup.backbones.base import build_backbone
 from selfsup.cli.main import main
-from selfsup.config import ConfigError, build_run_config, method_config
+from selfsup.config import ConfigError, build_run_config
 from selfsup.methods.base import ViewBatch, build_method
 from selfsup.registry import UnknownNameError
 from selfsup.studies.augmentations import AugmentationStudy
@@ -93,7 +93,7 @@ def test_named_pipeline_names_order_and_errors():
 
 def test_simclr_without_head():
     cfg = build_run_config({"method": {"name": "simclr", "proj_layers": 0}})
-    m = build_method("simclr", build_backbone("convnet", width=0.25), method_config(cfg))
+    m = build_method(cfg.method, build_backbone("convnet", width=0.25))
     assert isinstance(m.projector, torch.nn.Identity)
     x = torch.rand(4, 3, 16, 16)
     out = m(ViewBatch([x, x.flip(-1)], torch.arange(4)))

@@ -1,8 +1,10 @@
 """Typed run configuration: dataclasses with defaults, YAML files and ``key=value`` overrides on top.
 
-A run is described by :class:`RunConfig`. Each section is a dataclass whose defaults live here or, for the
-method section, next to the method's code (``Method.Config``). Unknown keys and badly typed values raise
-:class:`ConfigError` with a one-line message that names the key.
+A run is described by :class:`RunConfig`. Each section is a dataclass whose defaults and valid values
+(:func:`~selfsup.config_checks.checked`) live here or, for the method section, next to the method's code: the
+run's ``method`` *is* the method's ``Config`` instance (a :class:`MethodConfig`; ``cfg.method.name`` is its
+registered name). :func:`build_run_config` is the one door: unknown keys, badly typed values and values out of
+range raise :class:`ConfigError` with a one-line message that names the key.
 """
 from __future__ import annotations
 
@@ -11,27 +13,33 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, ClassVar, Union, get_args, get_origin
 
 import yaml
 
+from .config_checks import COUNT_CAP, IMAGE_CAP, SEED_CAP, VIEWS_CAP, WIDTH_CAP, check_values, checked
 from .errors import ConfigError
+
+DEFAULT_METHOD = "simclr"
 
 
 @dataclass
 class DataConfig:
-    path: str = "mnist5k"  # a registered dataset name, a .npz file, or an image folder
-    image_size: int | None = None  # None: the dataset's native size (folders need one; default 64)
+    # a registered dataset name, a .npz file, or an image folder
+    path: str = checked("mnist5k", nonempty=True, hint="a dataset name, a .npz file or an image folder")
+    # None: the dataset's native size (folders need one; default 64)
+    image_size: int | None = checked(None, ge=1, cap=IMAGE_CAP)
     test_path: str | None = None  # labelled evaluation data for folders without a test split
-    workers: int = 0  # DataLoader workers for image folders; in-memory data never uses workers
+    workers: int = checked(0, ge=0, cap=256)  # DataLoader workers for image folders; in-memory data never uses workers
 
 
 @dataclass
 class BackboneConfig:
-    name: str = "resnet18"
-    width: float = 1.0
+    name: str = checked("resnet18", nonempty=True)
+    width: float = checked(1.0, gt=0, cap=WIDTH_CAP)
     cifar_stem: bool = False  # 3x3 stride-1 first conv and no max-pool, for images <= 64 px
-    patch_size: int | None = None  # ViTs: None → 4 for images <= 32 px, 8 for <= 64 px, 16 above
+    # ViTs: None → 4 for images <= 32 px, 8 for <= 64 px, 16 above
+    patch_size: int | None = checked(None, ge=1, cap=IMAGE_CAP)
 
 
 @dataclass
@@ -39,59 +47,97 @@ class AugmentConfig:
     """View pipeline. ``preset`` None takes the method's default; any field left None takes the preset's value."""
 
     preset: str | None = None
-    size: int | None = None  # view resolution; None: the image size (smaller views train faster, eval stays full size)
-    crop_scale_min: float | None = None
-    crop_scale_max: float | None = None
-    jitter_strength: float | None = None  # s in SimCLR: (0.8s, 0.8s, 0.8s, 0.2s)
-    jitter_p: float | None = None
-    grayscale_p: float | None = None
-    blur_p: float | None = None  # "blur off for images <= 32 px" is the preset default
-    solarize_p: float | None = None
-    flip_p: float | None = None
-    n_views: int | None = None
-    local_crops: int | None = None  # multi-crop: number of small crops
-    local_size: int | None = None
-    local_scale_max: float | None = None
+    # view resolution; None: the image size (smaller views train faster, eval stays full size)
+    size: int | None = checked(None, ge=1, cap=IMAGE_CAP)
+    crop_scale_min: float | None = checked(None, gt=0, le=1)
+    crop_scale_max: float | None = checked(None, gt=0, le=1)
+    # s in SimCLR: (0.8s, 0.8s, 0.8s, 0.2s); hue 0.2s <= 0.5
+    jitter_strength: float | None = checked(None, ge=0, le=2.5)
+    jitter_p: float | None = checked(None, ge=0, le=1)
+    grayscale_p: float | None = checked(None, ge=0, le=1)
+    blur_p: float | None = checked(None, ge=0, le=1)  # "blur off for images <= 32 px" is the preset default
+    solarize_p: float | None = checked(None, ge=0, le=1)
+    flip_p: float | None = checked(None, ge=0, le=1)
+    n_views: int | None = checked(None, ge=1, cap=VIEWS_CAP)
+    local_crops: int | None = checked(None, ge=0, cap=VIEWS_CAP)  # multi-crop: number of small crops
+    local_size: int | None = checked(None, ge=1, cap=IMAGE_CAP)
+    local_scale_max: float | None = checked(None, gt=0, le=1)
+
+    def validate(self) -> None:
+        lo, hi = self.crop_scale_min, self.crop_scale_max
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"augment.crop_scale_min ({lo}) must be <= augment.crop_scale_max ({hi})")
 
 
 @dataclass
 class OptimConfig:
     name: str | None = None  # sgd | adamw | lars; None: the method's default
-    lr: float | None = None  # None: the method's base lr scaled by batch_size / 256
-    weight_decay: float | None = None  # None: the method's default
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    lr: float | None = checked(None, gt=0)  # None: the method's base lr scaled by batch_size / 256
+    weight_decay: float | None = checked(None, ge=0)  # None: the method's default
+    momentum: float = checked(0.9, ge=0, lt=1)
+    betas: tuple[float, float] = checked((0.9, 0.999), ge=0, lt=1)
+    warmup_epochs: float = checked(1.0, ge=0, cap=COUNT_CAP)
+    min_lr_ratio: float = checked(0.0, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
     exclude_norm_bias: bool = True  # no weight decay (and no LARS adaptation) on norms and biases
     fused: bool | None = None  # None: fused kernels where torch has them for the device
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    max_steps: int | None = None  # stop early after this many steps (the schedule still spans `epochs`)
-    time_limit_min: float | None = None  # wall-clock budget: the schedule is sized by a throughput estimate
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    epochs: int = checked(10, ge=1, cap=COUNT_CAP)
+    # stop early after this many steps (the schedule still spans `epochs`)
+    max_steps: int | None = checked(None, ge=1, cap=COUNT_CAP)
+    # wall-clock budget: the schedule is sized by a throughput estimate
+    time_limit_min: float | None = checked(None, gt=0)
+    batch_size: int = checked(256, ge=2, cap=COUNT_CAP)
+    seed: int = checked(0, ge=0, lt=SEED_CAP)
+    device: str = checked("auto", pattern=r"auto|cpu|mps|xpu|cuda(:\d+)?", hint="auto, cpu, cuda, cuda:N or mps")
+    # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = checked("auto", choices=("auto", "fp32", "bf16"))
     channels_last: bool | None = None  # None: on for ResNets
     compile: bool = False
-    grad_clip: float | None = None
-    log_every: int = 10
-    checkpoint_every: int | None = None  # in steps; a checkpoint is always written at the end
-    knn_every: int = 0  # online kNN monitor every K epochs (0: off); needs labels
-    nan_policy: str = "stop"  # stop | skip
+    grad_clip: float | None = checked(None, gt=0)
+    log_every: int = checked(10, ge=1, cap=COUNT_CAP)
+    # in steps; a checkpoint is always written at the end
+    checkpoint_every: int | None = checked(None, ge=0, cap=COUNT_CAP)
+    knn_every: int = checked(0, ge=0, cap=COUNT_CAP)  # online kNN monitor every K epochs (0: off); needs labels
+    nan_policy: str = checked("stop", choices=("stop", "skip"))
     stop_on_collapse: bool = False  # end the run when a collapse monitor crosses its threshold (engine/monitors.py)
-    grad_accum_steps: int = 1  # split each batch into this many forward/backward passes (no extra negatives)
+    # split each batch into this many forward/backward passes (no extra negatives)
+    grad_accum_steps: int = checked(1, ge=1, cap=COUNT_CAP)
     sync_bn: bool | None = None  # torchrun: synchronised BatchNorm; None = the method's needs_sync_bn
-    dist_timeout_min: float = 5.0  # torchrun: timeout of every collective (a dead rank ends the run, no hang)
+    # torchrun: timeout of every collective (a dead rank ends the run, no hang)
+    dist_timeout_min: float = checked(5.0, gt=0)
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's ``Config``: its fields are the ``method`` section of a run.
+
+    ``name`` is the method's registered name and ``method_class`` its :class:`~selfsup.methods.base.Method`
+    subclass; ``register_method`` sets both on the method's Config class, so ``cfg.method.name`` and
+    ``cfg.method.method_class`` need no registry lookup. Subclasses declare their fields with
+    :func:`~selfsup.config_checks.checked` ranges and defaults next to the method's code.
+    """
+
+    name: ClassVar[str] = ""
+    method_class: ClassVar[Any] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": ..., key: value, ...}``: the ``method`` section as config.yaml holds it."""
+        return {"name": self.name, **{f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}}
+
+
+def default_method() -> MethodConfig:
+    """The default ``method`` section: SimCLR's Config with its defaults."""
+    from .registry import METHODS
+
+    return METHODS.get(DEFAULT_METHOD).Config()
 
 
 @dataclass
 class RunConfig:
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "simclr"})
+    method: MethodConfig = field(default_factory=default_method)
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -107,6 +153,8 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 def to_plain(obj: Any) -> Any:
     """Dataclasses → dicts, tuples → lists: something YAML, JSON and ``weights_only`` loads all accept."""
+    if isinstance(obj, MethodConfig):
+        return obj.to_dict()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -206,20 +254,13 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
             continue
         tp = hints[f.name]
         v = data[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and isinstance(v, tp):
+            kwargs[f.name] = v  # a section built (and checked) already: the run's method Config
+        elif dataclasses.is_dataclass(tp):
             kwargs[f.name] = from_dict(tp, v, prefix=f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _coerce(v, tp, prefix + f.name)
-    obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if callable(check):
-        try:
-            check()
-        except ConfigError:
-            raise
-        except ValueError as e:  # validate() may raise a plain ValueError naming the option
-            raise ConfigError(str(e)) from None
-    return obj
+    return check_values(cls(**kwargs), prefix)
 
 
 def parse_value(text: str) -> Any:
@@ -259,7 +300,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], method_fields: li
                 )
         if len(parts) != 2:
             raise ConfigError(f"--set key must be section.key, got {key!r}")
-        section = out.setdefault(parts[0], {})
+        section = out.get(parts[0])
+        if section is None:  # absent, or an empty YAML section
+            section = out[parts[0]] = {}
         if isinstance(section, str) and parts[0] == "method":  # "method: simclr" shorthand
             section = out["method"] = {"name": section}
         if not isinstance(section, dict):
@@ -273,40 +316,58 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections")
     return data
 
 
-def build_run_config(raw: dict[str, Any]) -> RunConfig:
-    """Validate a raw mapping into a :class:`RunConfig`. The method section is checked against its own Config."""
-    from .config_checks import check_run_config
+def method_section(value: Any) -> tuple[str, dict[str, Any]]:
+    """The ``method`` section of a raw config as (registered name, its other keys).
+
+    Absent (None): the default method. A string is the name (``method: byol``); a mapping may name it with
+    ``name``. Anything else is a one-line :class:`ConfigError`.
+    """
+    if value is None:
+        return DEFAULT_METHOD, {}
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"'method' must be a method name or a mapping of its keys, got {value!r}")
+    name = value.get("name", DEFAULT_METHOD)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"'method.name' must be a method name (see `selfsup list`), got {name!r}")
+    return name, {k: v for k, v in value.items() if k != "name"}
+
+
+def build_method_config(value: Any) -> MethodConfig:
+    """The typed, checked Config of a raw ``method`` section (see :func:`method_section`)."""
     from .registry import METHODS
 
+    name, keys = method_section(value)
+    return from_dict(METHODS.get(name).Config, keys, prefix="method.")
+
+
+def build_run_config(raw: dict[str, Any]) -> RunConfig:
+    """The config door: a raw mapping (YAML, flags, ``--set``, a checkpoint's ``config``) → a checked
+    :class:`RunConfig` whose ``method`` is the method's own typed Config.
+
+    Every entry point (CLI, Python API, studies, benchmarks, evaluation of a saved run) builds its config here:
+    keys and types are checked by :func:`from_dict`, value ranges by
+    :func:`~selfsup.config_checks.check_values`, each section once, as it is built.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {raw!r}")
     raw = dict(raw)
-    method = raw.pop("method", None) or {"name": "simclr"}
-    if isinstance(method, str):
-        method = {"name": method}
-    if not isinstance(method, dict):
-        raise ConfigError(f"'method' must be a method name or a mapping, got {method!r}")
-    name = method.get("name", "simclr")
-    if not isinstance(name, str):
-        raise ConfigError(f"'method.name' must be a string, got {name!r}")
-    cls = METHODS.get(name)
-    mcfg = from_dict(cls.Config, {k: v for k, v in method.items() if k != "name"}, prefix="method.")
-    cfg = from_dict(RunConfig, raw)
-    cfg.method = {"name": name, **to_plain(mcfg)}
-    return check_run_config(cfg)
-
-
-def method_config(cfg: RunConfig) -> Any:
-    """The typed Config dataclass instance of the run's method."""
-    from .registry import METHODS
-
-    cls = METHODS.get(cfg.method["name"])
-    return from_dict(cls.Config, {k: v for k, v in cfg.method.items() if k != "name"}, prefix="method.")
+    raw["method"] = build_method_config(raw.get("method"))
+    return from_dict(RunConfig, raw)

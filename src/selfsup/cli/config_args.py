@@ -6,11 +6,12 @@ flags (``--epochs`` ...) → ``--set section.key=value``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, apply_overrides, build_run_config, load_yaml
+from ..config import RunConfig, apply_overrides, build_run_config, load_yaml, method_section
 from ..errors import ConfigError
 from ..registry import METHODS
 
@@ -72,14 +73,24 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     for flag, (section, key) in FLAG_KEYS.items():
         v = getattr(args, flag, None)
         if v is not None:
-            raw.setdefault(section, {})
-            if isinstance(raw[section], str):  # "method: simclr" shorthand
-                raw[section] = {"name": raw[section]}
-            if section == "method" and key == "name" and raw[section].get("name") not in (None, v):
-                raw[section] = {}  # another method: the file's method keys do not apply
-            raw[section][key] = v
-    method = raw.get("method", {"name": "simclr"})
-    name = method if isinstance(method, str) else method.get("name", "simclr")
-    fields = list(getattr(METHODS.get(name).Config, "__dataclass_fields__", {}))
+            _set_flag(raw, section, key, v, flag)
+    name, _ = method_section(raw.get("method"))
+    fields = [f.name for f in dataclasses.fields(METHODS.get(name).Config)]
     raw = apply_overrides(raw, getattr(args, "set", []) or [], method_fields=fields)
     return build_run_config(raw)
+
+
+def _set_flag(raw: dict[str, Any], section: str, key: str, value: Any, flag: str) -> None:
+    """Put a named flag's value into its section of the raw config (a YAML section that is not a mapping is a
+    one-line error naming it, not a crash)."""
+    current = raw.get(section)
+    if current is None:
+        current = raw[section] = {}
+    elif isinstance(current, str) and section == "method":  # "method: simclr" shorthand
+        current = raw[section] = {"name": current}
+    if not isinstance(current, dict):
+        raise ConfigError(f"--{flag.replace('_', '-')}: the config's '{section}' section must be a mapping of "
+                          f"keys, got {current!r}")
+    if section == "method" and key == "name" and current.get("name") not in (None, value):
+        current = raw[section] = {}  # another method: the file's method keys do not apply
+    current[key] = value

@@ -51,7 +51,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .config_args import load_config_arg
 
     cfg = config_from_args(args, base=load_config_arg("demo-mnist"))
-    print(f"demo: pretraining {cfg.method['name']} ({cfg.backbone.name} width {cfg.backbone.width}) on "
+    print(f"demo: pretraining {cfg.method.name} ({cfg.backbone.name} width {cfg.backbone.width}) on "
           f"{cfg.data.path} for {cfg.train.epochs} epochs → {args.out}", flush=True)
     res = pretrain(cfg, args.out, overwrite=args.overwrite, resume=False, quiet=args.quiet)
     print(f"pretrained {res.steps} steps in {res.wall_s:.0f}s ({res.images_per_s:.0f} images/s); evaluating "

@@ -2,7 +2,8 @@
 
 Pretraining, evaluation, studies, reports and export all rebuild a run through :func:`build_run` (or, without
 the data, :func:`build_method_for`), so a run's model is the same wherever it is rebuilt. This module and
-:mod:`selfsup.engine.resolve` are the engine's only readers of the method section of the config.
+:mod:`selfsup.engine.resolve` are the engine's only readers of the method section of the config
+(``cfg.method``: the method's typed Config, whose ``name`` and ``method_class`` say which method it is).
 """
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import torch
 
 from ..augment.pipeline import MultiViewPipeline
 from ..backbones.base import Backbone, build_backbone
-from ..config import RunConfig, method_config
+from ..config import RunConfig
 from ..data import ImageDataset, load_dataset
 from ..errors import ConfigError
 from ..methods.base import Method, build_method
-from ..registry import METHODS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,7 +42,7 @@ class Built:
 
 def method_class(cfg: RunConfig) -> type[Method]:
     """The registered class of the run's method."""
-    return METHODS.get(method_name(cfg))
+    return cfg.method.method_class
 
 
 def load_data(cfg: RunConfig) -> ImageDataset:
@@ -63,7 +63,7 @@ def build_method_for(cfg: RunConfig, channels: int, image_size: int, num_train: 
     """Backbone and method from ``cfg``, with the weights initialised from ``cfg.train.seed`` (on the CPU)."""
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone_for(cfg, channels, image_size)
-    return build_method(method_name(cfg), backbone, method_config(cfg), num_train=num_train)
+    return build_method(cfg.method, backbone, num_train=num_train)
 
 
 def build_run(cfg: RunConfig, data: ImageDataset | None = None, device: torch.device | None = None) -> Built:
@@ -78,4 +78,4 @@ def build_run(cfg: RunConfig, data: ImageDataset | None = None, device: torch.de
 
 def method_name(cfg: RunConfig) -> str:
     """The registered name of the run's method."""
-    return cfg.method["name"]
+    return cfg.method.name

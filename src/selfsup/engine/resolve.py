@@ -8,30 +8,20 @@ same run, on any machine. The caller's config is never changed.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 
 import torch
 
-from ..config import RunConfig
+from ..config import RunConfig, build_run_config
 from ..data import ImageDataset
 from ..errors import ConfigError
 from ..methods.base import Method
 from .build import build_method_for
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
 
 def check_for_data(cfg: RunConfig, data: ImageDataset) -> None:
-    """The checks that need the data (and those a config built without ``build_run_config`` may have skipped)."""
-    t = cfg.train
-    if t.nan_policy not in ("stop", "skip"):
-        raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be auto, fp32 or bf16, got '{t.precision}'")
-    if t.batch_size < 2:
-        raise ConfigError(f"train.batch_size must be >= 2, got {t.batch_size}")
-    n = data.train.num_images
+    """The one check that needs the data: a batch no larger than the training set."""
+    t, n = cfg.train, data.train.num_images
     if t.batch_size > n:
         raise ConfigError(f"train.batch_size ({t.batch_size}) is larger than the dataset ({n} images in {cfg.data.path})")
 
@@ -55,9 +45,12 @@ def prefers_channels_last(cfg: RunConfig, data: ImageDataset) -> bool:
 
 
 def resolve_config(cfg: RunConfig, method_cls: type[Method], data: ImageDataset, device: torch.device) -> RunConfig:
-    """A copy of ``cfg`` with every run-implied default filled in (see the module docstring)."""
-    check_for_data(cfg, data)
-    out = copy.deepcopy(cfg)
+    """A copy of ``cfg`` with every run-implied default filled in (see the module docstring).
+
+    The copy goes through the config door again (:func:`~selfsup.config.build_run_config`), so a RunConfig
+    changed by hand in Python is checked by the same declared ranges as one read from YAML and flags."""
+    out = build_run_config(cfg.to_dict())
+    check_for_data(out, data)
     o, t = out.optim, out.train
     if o.name is None:
         o.name = method_cls.default_optimizer

@@ -148,7 +148,7 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     times["trained"] = {p: r["seconds"] for p, r in trained.items()}
     result = {**trained, **result}
     result["protocol"] = {
-        "checkpoint": ckpt_path.name, "step": int(ckpt["step"]), "method": cfg.method["name"],
+        "checkpoint": ckpt_path.name, "step": int(ckpt["step"]), "method": cfg.method.name,
         "backbone": cfg.backbone.name, "width": cfg.backbone.width, "pretrain_data": cfg.data.path,
         "eval_data": eval_data or cfg.data.path, **{k: v for k, v in data_info.items() if k != "data"},
         "transfer": eval_data is not None and eval_data != cfg.data.path,

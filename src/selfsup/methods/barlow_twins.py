@@ -13,31 +13,23 @@ import torch
 
 from ..components.base import StepContext
 from ..components.gather import gather_with_grad
-from ..errors import ConfigError
+from ..config_checks import checked, dim
 from ..heads.mlp import projection_head
 from ..losses.redundancy import barlow_twins_loss
-from .base import Method, MethodOutput, ViewBatch, register_method
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 from .byol import check_two_views
 
 
 @dataclass
-class BarlowTwinsConfig:
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 2048
-    proj_layers: int = 3
-    lambd: float = 5e-3  # off-diagonal weight λ
+class BarlowTwinsConfig(MethodConfig):
+    proj_hidden_dim: int = dim(2048)
+    proj_dim: int = dim(2048)
+    proj_layers: int = checked(3, ge=1, cap=16)
+    lambd: float = checked(5e-3, ge=0)  # off-diagonal weight λ
     # multiplies the loss. The paper (scale 1) gives biases and norms a 40x smaller lr than the weights; our LARS
     # excludes them from adaptation but uses one lr, and the loss is in the thousands: 0.1 (solo-learn's CIFAR
     # value) keeps their raw-gradient steps moderate. Adaptive optimizers (LARS weights, AdamW) ignore the scale.
-    scale_loss: float = 0.1
-
-    def validate(self) -> None:
-        if not self.lambd >= 0:
-            raise ConfigError(f"method.lambd must be >= 0, got {self.lambd}")
-        if not self.scale_loss > 0:
-            raise ConfigError(f"method.scale_loss must be > 0, got {self.scale_loss}")
-        if self.proj_layers < 1:
-            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+    scale_loss: float = checked(0.1, gt=0)
 
 
 class ProjectedPairMethod(Method):

@@ -4,7 +4,7 @@ A method owns its backbone, heads and shared parts (EMA teacher, queue, ...), de
 pipeline and optimizer settings, and knows nothing about the trainer: the same object runs inside
 :mod:`selfsup.engine` or in a ten-line loop of your own::
 
-    method = build_method("simclr", backbone)
+    method = build_method("simclr", backbone)          # or build_method(cfg.method, backbone) for a run's config
     views = method.make_views(image_size=32, mean=..., std=...)
     out = method(ViewBatch(views(x_uint8), index), StepContext(step, total))
     out.loss.backward(); opt.step(); update_parts(method, ctx)
@@ -21,7 +21,8 @@ from ..augment.pipeline import MultiViewPipeline
 from ..augment.presets import build_pipeline
 from ..backbones.base import Backbone
 from ..components.base import StepContext
-from ..config import AugmentConfig, from_dict, to_plain
+from ..config import AugmentConfig, MethodConfig, from_dict, to_plain
+from ..config_checks import check_values
 from ..errors import ConfigError
 
 
@@ -45,15 +46,10 @@ class MethodOutput:
     probs: torch.Tensor | None = None
 
 
-@dataclass
-class MethodConfig:
-    """Fields every method has; subclasses add theirs with defaults next to their code."""
-
-
 class Method(nn.Module):
     """Base class. Subclasses set ``Config``, ``default_augment``, ``base_lr`` and implement ``forward``."""
 
-    Config: ClassVar[type] = MethodConfig
+    Config: ClassVar[type[MethodConfig]] = MethodConfig  # register_method gives each method its own
     default_augment: ClassVar[str] = "simclr"
     default_optimizer: ClassVar[str] = "sgd"
     base_lr: ClassVar[float] = 0.3  # at batch 256; scaled linearly with the batch size
@@ -74,7 +70,22 @@ class Method(nn.Module):
         aug = augment or AugmentConfig()
         if (aug.local_crops or 0) > 0 and not self.supports_multicrop:
             raise ConfigError(f"augment.local_crops: method '{self.method_name()}' does not support multi-crop")
-        return build_pipeline(aug, self.default_augment, image_size, mean, std)
+        pipe = build_pipeline(aug, self.default_augment, image_size, mean, std)
+        if aug.n_views is not None or aug.preset not in (None, self.default_augment):
+            self._check_view_count(pipe, aug, build_pipeline(AugmentConfig(), self.default_augment, image_size,
+                                                             mean, std))
+        return pipe
+
+    def _check_view_count(self, pipe: MultiViewPipeline, aug: AugmentConfig, default: MultiViewPipeline) -> None:
+        """A method takes the number of global views its default preset makes (multi-crop methods: at least
+        that many, local crops besides). ``augment.n_views`` or another preset that changes it is refused here,
+        before any training, rather than as an error inside the first forward pass."""
+        want, got = _global_views(default), _global_views(pipe)
+        if got == want or (self.supports_multicrop and got > want):
+            return
+        takes = f"at least {want}" if self.supports_multicrop else str(want)
+        raise ConfigError(f"augment.n_views: method '{self.method_name()}' takes {takes} view(s), the augment "
+                          f"section (preset {aug.preset or self.default_augment}, n_views {aug.n_views}) makes {got}")
 
     def eval_backbone(self) -> Backbone:
         """The encoder whose features are evaluated (the online/student backbone by default)."""
@@ -97,25 +108,48 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
-def build_method(name: str, backbone: Backbone, config: dict[str, Any] | Any = None, *, num_train: int = 0
-                 ) -> Method:
-    """Build a registered method; ``config`` is its Config dataclass or a dict of overrides."""
+def _global_views(pipe: MultiViewPipeline) -> int:
+    """Views at the first view's size: the global crops (local crops are smaller, see augment/multicrop.py)."""
+    return sum(s.size == pipe.specs[0].size for s in pipe.specs)
+
+
+def build_method(name: str | MethodConfig, backbone: Backbone, config: dict[str, Any] | MethodConfig | None = None,
+                 *, num_train: int = 0) -> Method:
+    """Build a registered method from its name and a dict of overrides, or from its typed Config.
+
+    ``build_method(cfg.method, backbone)`` takes a run's method section as it is (``build_run_config`` checked
+    it); ``build_method("simclr", backbone, {"temperature": 0.3})`` parses and checks the dict (the same
+    checks); ``build_method("simclr", backbone, SimCLRConfig(...))`` checks a Config built by hand.
+    """
     from ..registry import METHODS
 
+    if isinstance(name, MethodConfig):
+        return name.method_class(backbone, name, num_train=num_train)
     cls = METHODS.get(name)
     if config is None or isinstance(config, dict):
         cfg = from_dict(cls.Config, {k: v for k, v in (config or {}).items() if k != "name"}, prefix="method.")
+    elif isinstance(config, MethodConfig) and config.name != name:
+        raise ConfigError(f"build_method('{name}'): the config given is method '{config.name}''s")
     else:
-        cfg = config
+        cfg = check_values(config, "method.")
     return cls(backbone, cfg, num_train=num_train)
 
 
 def register_method(name: str, help: str = ""):
-    """Class decorator: registers a Method subclass under ``name`` and records the name on the class."""
+    """Class decorator: registers a Method subclass under ``name``; records the name on the class and on its
+    Config (``Config.name``, ``Config.method_class``), giving the method a Config class of its own if it has
+    none (a method inheriting its parent's Config gets a subclass of it)."""
     from ..registry import METHODS
 
     def deco(cls):
         cls.registered_name = name
+        conf = cls.Config
+        if not (isinstance(conf, type) and issubclass(conf, MethodConfig)):
+            raise TypeError(f"method '{name}': Config must be a dataclass subclassing MethodConfig")
+        if "name" in vars(conf):  # MethodConfig itself, or another method's Config
+            conf = dataclass(type(f"{cls.__name__}Config", (conf,), {"__module__": cls.__module__}))
+            cls.Config = conf
+        conf.name, conf.method_class = name, cls
         return METHODS.register(name, help=help)(cls)
 
     return deco

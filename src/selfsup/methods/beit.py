@@ -15,15 +15,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..augment.masking import block_masking, check_mask_ratio
+from ..augment.masking import block_masking
 from ..components.base import StepContext
 from ..components.gather import global_rows, rank_rows
 from ..components.tokenizer import VQTokenizer
+from ..config_checks import DIM_CAP, checked
 from ..engine.checkpoint import load_checkpoint
 from ..engine.rundir import latest_checkpoint
 from ..errors import ConfigError
 from ..losses.masked import masked_cross_entropy
-from .base import Method, MethodOutput, ViewBatch, register_method
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 from .mae import require_vit
 
 HOW_TO_TRAIN = ("train one first: `selfsup pretrain --method tokenizer --data <same data> --backbone <same ViT> "
@@ -56,15 +57,11 @@ def load_tokenizer(spec: str, *, in_channels: int, patch_size: int) -> VQTokeniz
 
 
 @dataclass
-class BEiTConfig:
+class BEiTConfig(MethodConfig):
     tokenizer: str | None = None  # run dir or checkpoint of `--method tokenizer`; "random": tests only
-    mask_ratio: float = 0.4
-    min_block_patches: int = 4  # smallest masked block (BEiT: 16 on a 14x14 grid; 4 suits an 8x8 grid)
-
-    def validate(self) -> None:
-        check_mask_ratio(self.mask_ratio)
-        if self.min_block_patches < 1:
-            raise ConfigError(f"method.min_block_patches must be >= 1, got {self.min_block_patches}")
+    mask_ratio: float = checked(0.4, gt=0, lt=1)
+    # smallest masked block (BEiT: 16 on a 14x14 grid; 4 suits an 8x8 grid)
+    min_block_patches: int = checked(4, ge=1, cap=DIM_CAP)
 
 
 @register_method("beit", help="BEiT: predict a trained VQ tokenizer's ids of block-masked patches (Bao et al. 2021)")

@@ -18,15 +18,10 @@ from torch import nn
 from ..components.base import StepContext
 from ..components.ema import EMATeacher
 from ..components.schedules import Cosine
-from ..errors import ConfigError
+from ..config_checks import checked, dim
 from ..heads.mlp import projection_head
 from ..losses.distillation import normalized_mse
-from .base import Method, MethodOutput, ViewBatch, register_method
-
-
-def check_momentum(value: float, name: str) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must be in [0, 1], got {value}")
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 def check_two_views(views: list, method: str) -> None:
@@ -36,20 +31,13 @@ def check_two_views(views: list, method: str) -> None:
 
 
 @dataclass
-class BYOLConfig:
-    proj_hidden_dim: int = 4096
-    proj_dim: int = 256
-    pred_hidden_dim: int = 4096
-    momentum_base: float = 0.996  # τ at the start; cosine to momentum_final
-    momentum_final: float = 1.0
+class BYOLConfig(MethodConfig):
+    proj_hidden_dim: int = dim(4096)
+    proj_dim: int = dim(256)
+    pred_hidden_dim: int = dim(4096)
+    momentum_base: float = checked(0.996, ge=0, le=1)  # τ at the start; cosine to momentum_final
+    momentum_final: float = checked(1.0, ge=0, le=1)
     bn_in_heads: bool = True  # false: no BatchNorm in projector and predictor (the collapse experiment)
-
-    def validate(self) -> None:
-        check_momentum(self.momentum_base, "method.momentum_base")
-        check_momentum(self.momentum_final, "method.momentum_final")
-        for k in ("proj_hidden_dim", "proj_dim", "pred_hidden_dim"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"method.{k} must be >= 1, got {getattr(self, k)}")
 
 
 @register_method("byol", help="BYOL: predict an EMA target's projection, no negatives (Grill et al. 2020)")

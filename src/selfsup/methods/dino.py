@@ -22,43 +22,30 @@ from ..components.base import StepContext
 from ..components.center import Center
 from ..components.ema import EMATeacher
 from ..components.schedules import Cosine, LinearWarmup
-from ..errors import ConfigError
+from ..config_checks import COUNT_CAP, checked, dim
 from ..heads.dino import DINOHead
 from ..losses.distillation import dino_loss
-from .base import Method, MethodOutput, ViewBatch, register_method
-from .byol import check_momentum
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 @dataclass
-class DINOConfig:
-    out_dim: int = 4096  # K, the number of soft classes (65536 in the paper, for ImageNet)
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    head_layers: int = 3
+class DINOConfig(MethodConfig):
+    out_dim: int = dim(4096, ge=2)  # K, the number of soft classes (65536 in the paper, for ImageNet)
+    hidden_dim: int = dim(2048)
+    bottleneck_dim: int = dim(256)
+    head_layers: int = checked(3, ge=1, cap=16)
     head_bn: bool = False  # BatchNorm in the head's MLP (the paper: off for ViT, optional for ResNet)
     norm_last_layer: bool = True  # fix the last layer's weight-norm gain to 1
-    freeze_last_layer_epochs: int = 1  # no gradient into the last layer during the first epoch(s)
-    student_temp: float = 0.1
-    teacher_temp_start: float = 0.04  # linear warm-up to teacher_temp over teacher_temp_warmup of training
-    teacher_temp: float = 0.07
-    teacher_temp_warmup: float = 0.1  # fraction of training
-    center_momentum: float = 0.9
-    momentum_base: float = 0.996  # teacher EMA: cosine from momentum_base to momentum_final
-    momentum_final: float = 1.0
-
-    def validate(self) -> None:
-        if self.out_dim < 2:
-            raise ConfigError(f"method.out_dim must be >= 2, got {self.out_dim}")
-        for k in ("student_temp", "teacher_temp_start", "teacher_temp"):
-            if not getattr(self, k) > 0:
-                raise ConfigError(f"method.{k} must be > 0, got {getattr(self, k)}")
-        if not 0.0 <= self.teacher_temp_warmup <= 1.0:
-            raise ConfigError(f"method.teacher_temp_warmup must be a fraction in [0, 1], got {self.teacher_temp_warmup}")
-        if self.freeze_last_layer_epochs < 0:
-            raise ConfigError(f"method.freeze_last_layer_epochs must be >= 0, got {self.freeze_last_layer_epochs}")
-        check_momentum(self.center_momentum, "method.center_momentum")
-        check_momentum(self.momentum_base, "method.momentum_base")
-        check_momentum(self.momentum_final, "method.momentum_final")
+    # no gradient into the last layer during the first epoch(s)
+    freeze_last_layer_epochs: int = checked(1, ge=0, cap=COUNT_CAP)
+    student_temp: float = checked(0.1, gt=0)
+    # linear warm-up to teacher_temp over teacher_temp_warmup of training
+    teacher_temp_start: float = checked(0.04, gt=0)
+    teacher_temp: float = checked(0.07, gt=0)
+    teacher_temp_warmup: float = checked(0.1, ge=0, le=1)  # fraction of training
+    center_momentum: float = checked(0.9, ge=0, le=1)
+    momentum_base: float = checked(0.996, ge=0, le=1)  # teacher EMA: cosine from momentum_base to momentum_final
+    momentum_final: float = checked(1.0, ge=0, le=1)
 
 
 class _Student(nn.Module):

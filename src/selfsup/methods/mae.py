@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..augment.masking import check_mask_ratio, patchify, random_masking
+from ..augment.masking import patchify, random_masking
 from ..components.base import StepContext
 from ..components.gather import global_rows, rank_rows
+from ..config_checks import DIM_CAP, checked, dim
 from ..errors import ConfigError
 from ..heads.decoders import MAEDecoder
 from ..losses.masked import masked_mse, normalize_patches
-from .base import Method, MethodOutput, ViewBatch, register_method
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 def require_vit(backbone, method: str):
@@ -27,18 +28,14 @@ def require_vit(backbone, method: str):
 
 
 @dataclass
-class MAEConfig:
-    mask_ratio: float = 0.75
-    decoder_dim: int = 128  # MAE uses 512 for ViT-B; a narrow decoder suits ViT-Tiny on 32 px images
-    decoder_depth: int = 2
-    decoder_heads: int = 4
+class MAEConfig(MethodConfig):
+    mask_ratio: float = checked(0.75, gt=0, lt=1)
+    decoder_dim: int = dim(128, ge=4)  # MAE uses 512 for ViT-B; a narrow decoder suits ViT-Tiny on 32 px images
+    decoder_depth: int = checked(2, ge=1, cap=64)
+    decoder_heads: int = checked(4, ge=1, cap=DIM_CAP)
     norm_pix_loss: bool = True  # target = per-patch normalised pixels (MAE's better setting)
 
     def validate(self) -> None:
-        check_mask_ratio(self.mask_ratio)
-        if self.decoder_dim < 4 or self.decoder_depth < 1 or self.decoder_heads < 1:
-            raise ConfigError("method.decoder_dim, decoder_depth and decoder_heads must be positive "
-                              f"(got {self.decoder_dim}, {self.decoder_depth}, {self.decoder_heads})")
         if self.decoder_dim % self.decoder_heads or self.decoder_dim % 4:
             raise ConfigError(f"method.decoder_dim ({self.decoder_dim}) must be divisible by 4 and by "
                               f"method.decoder_heads ({self.decoder_heads})")

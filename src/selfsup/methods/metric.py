@@ -20,38 +20,26 @@ import torch.nn.functional as F
 
 from ..components.base import StepContext
 from ..components.gather import gather_with_grad
-from ..errors import ConfigError
+from ..config_checks import checked, dim
 from ..heads.mlp import projection_head
 from ..losses.contrastive import info_nce
 from ..losses.metric import TRIPLET_MINING, margin_contrastive_loss, npair_loss, triplet_loss
-from .base import Method, MethodOutput, ViewBatch, register_method
-from .moco import check_positive_temperature
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 METRIC_LOSSES = ("contrastive", "triplet", "npair", "infonce")
 DEFAULT_MARGIN = {"contrastive": 1.0, "triplet": 0.2}
 
 
 @dataclass
-class MetricConfig:
-    loss: str = "infonce"  # contrastive | triplet | npair | infonce
-    margin: float | None = None  # None: 1.0 for contrastive, 0.2 for triplet
-    mining: str = "semi-hard"  # triplet only: semi-hard | batch-hard | all
-    temperature: float = 0.2  # infonce only
-    l2_reg: float = 0.002  # npair only
-    proj_hidden_dim: int = 512
-    proj_dim: int = 128
-    proj_layers: int = 2
-
-    def validate(self) -> None:
-        if self.loss not in METRIC_LOSSES:
-            raise ConfigError(f"method.loss must be one of {', '.join(METRIC_LOSSES)}, got '{self.loss}'")
-        if self.margin is not None and not self.margin >= 0:
-            raise ConfigError(f"method.margin must be >= 0, got {self.margin}")
-        if self.mining not in TRIPLET_MINING:
-            raise ConfigError(f"method.mining must be one of {', '.join(TRIPLET_MINING)}, got '{self.mining}'")
-        check_positive_temperature(self.temperature)
-        if not self.l2_reg >= 0:
-            raise ConfigError(f"method.l2_reg must be >= 0, got {self.l2_reg}")
+class MetricConfig(MethodConfig):
+    loss: str = checked("infonce", choices=METRIC_LOSSES)  # contrastive | triplet | npair | infonce
+    margin: float | None = checked(None, ge=0)  # None: 1.0 for contrastive, 0.2 for triplet
+    mining: str = checked("semi-hard", choices=TRIPLET_MINING)  # triplet only: semi-hard | batch-hard | all
+    temperature: float = checked(0.2, gt=0)  # infonce only
+    l2_reg: float = checked(0.002, ge=0)  # npair only
+    proj_hidden_dim: int = dim(512)
+    proj_dim: int = dim(128)
+    proj_layers: int = checked(2, ge=1, cap=16)
 
 
 @register_method("metric", help="metric learning on view pairs: contrastive, triplet, N-pair or InfoNCE loss")

@@ -35,25 +35,16 @@ from ..components.ema import EMATeacher
 from ..components.gather import gather_no_grad, global_rows, rank, rank_rows, world_size
 from ..components.queue import FeatureQueue
 from ..components.schedules import Cosine
+from ..config_checks import DIM_CAP, QUEUE_CAP, checked, dim
 from ..errors import ConfigError
 from ..heads.mlp import projection_head
 from ..losses.contrastive import info_nce
-from .base import Method, MethodOutput, ViewBatch, register_method
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 def momentum_schedule(start: float, end: float | None) -> float | Cosine:
     """Constant ``start`` (MoCo v1/v2) or a half-cosine from ``start`` to ``end`` over training (MoCo v3, BYOL)."""
     return start if end is None else Cosine(start, end)
-
-
-def check_momentum(value: float | None, name: str) -> None:
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must be in [0, 1], got {value}")
-
-
-def check_positive_temperature(value: float, name: str = "method.temperature") -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
 
 
 def forward_in_splits(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, splits: int) -> torch.Tensor:
@@ -69,34 +60,24 @@ def forward_in_splits(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 
 
 @dataclass
-class MoCoConfig:
-    temperature: float = 0.07
-    queue_size: int = 65536  # K; a multiple of the keys pushed per step (the batch, twice it when symmetric)
-    momentum: float = 0.999
-    momentum_end: float | None = None  # None: constant momentum; else a cosine from `momentum` to this
-    proj_dim: int = 128
-    proj_hidden_dim: int = 512
-    proj_layers: int = 1  # 1: MoCo v1's linear projection; 2: MoCo v2's MLP
-    bn_splits: int = 8  # single-device stand-in for shuffled BN (1: off)
+class MoCoConfig(MethodConfig):
+    temperature: float = checked(0.07, gt=0)
+    # K; a multiple of the keys pushed per step (the batch, twice it when symmetric)
+    queue_size: int = checked(65536, ge=1, cap=QUEUE_CAP)
+    momentum: float = checked(0.999, ge=0, le=1)
+    momentum_end: float | None = checked(None, ge=0, le=1)  # None: constant momentum; else a cosine from `momentum` to this
+    proj_dim: int = dim(128)
+    proj_hidden_dim: int = dim(512)
+    proj_layers: int = checked(1, ge=1, cap=16)  # 1: MoCo v1's linear projection; 2: MoCo v2's MLP
+    bn_splits: int = checked(8, ge=1, cap=DIM_CAP)  # single-device stand-in for shuffled BN (1: off)
     symmetric: bool = False  # also contrast view 2's query with view 1's key (the CIFAR demo's choice)
     mask_same_image: bool = True  # never use a queued key of the query's own image as a negative
-
-    def validate(self) -> None:
-        check_positive_temperature(self.temperature)
-        if self.queue_size < 1:
-            raise ConfigError(f"method.queue_size must be >= 1, got {self.queue_size}")
-        check_momentum(self.momentum, "method.momentum")
-        check_momentum(self.momentum_end, "method.momentum_end")
-        if self.proj_layers < 1:
-            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
-        if self.bn_splits < 1:
-            raise ConfigError(f"method.bn_splits must be >= 1, got {self.bn_splits}")
 
 
 @dataclass
 class MoCoV2Config(MoCoConfig):
-    temperature: float = 0.2
-    proj_layers: int = 2
+    temperature: float = checked(0.2, gt=0)
+    proj_layers: int = checked(2, ge=1, cap=16)
 
 
 @register_method("moco-v1", help="MoCo v1: momentum key encoder + queue of 65,536 keys, linear head (He et al. 2020)")

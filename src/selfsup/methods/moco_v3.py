@@ -17,30 +17,23 @@ from torch import nn
 from ..components.base import StepContext
 from ..components.ema import EMATeacher
 from ..components.gather import gather_no_grad, rank
-from ..errors import ConfigError
+from ..config_checks import checked, dim
 from ..heads.mlp import mlp
 from ..losses.contrastive import info_nce
 from ..losses.precision import fp32_loss
-from .base import Method, MethodOutput, ViewBatch, register_method
-from .moco import check_momentum, check_positive_temperature, momentum_schedule
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
+from .moco import momentum_schedule
 
 
 @dataclass
-class MoCoV3Config:
-    temperature: float = 0.2
-    momentum: float = 0.99
-    momentum_end: float | None = 1.0  # cosine from `momentum` to this; None: constant
-    proj_hidden_dim: int = 1024  # paper: 4096 for ResNet-50's 2048 features
-    proj_dim: int = 256
-    proj_layers: int = 3
-    pred_hidden_dim: int = 1024
-
-    def validate(self) -> None:
-        check_positive_temperature(self.temperature)
-        check_momentum(self.momentum, "method.momentum")
-        check_momentum(self.momentum_end, "method.momentum_end")
-        if self.proj_layers < 1:
-            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+class MoCoV3Config(MethodConfig):
+    temperature: float = checked(0.2, gt=0)
+    momentum: float = checked(0.99, ge=0, le=1)
+    momentum_end: float | None = checked(1.0, ge=0, le=1)  # cosine from `momentum` to this; None: constant
+    proj_hidden_dim: int = dim(1024)  # paper: 4096 for ResNet-50's 2048 features
+    proj_dim: int = dim(256)
+    proj_layers: int = checked(3, ge=1, cap=16)
+    pred_hidden_dim: int = dim(1024)
 
 
 @fp32_loss

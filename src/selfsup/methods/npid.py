@@ -21,23 +21,13 @@ import torch.nn.functional as F
 from ..components.base import StepContext
 from ..components.gather import gather_no_grad, global_rows, world_size
 from ..components.memory_bank import MemoryBank
-from ..errors import ConfigError
+from ..config_checks import QUEUE_CAP, checked, dim
 from ..heads.mlp import projection_head
 from ..losses.contrastive import info_nce, nce_log_norm, nce_loss
 from ..losses.precision import fp32_loss
-from .base import Method, MethodOutput, ViewBatch, register_method
-from .moco import check_positive_temperature
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 BANK_LOSSES = ("nce", "softmax")
-
-
-def check_bank_options(loss: str, num_negatives: int, bank_momentum: float) -> None:
-    if loss not in BANK_LOSSES:
-        raise ConfigError(f"method.loss must be one of {', '.join(BANK_LOSSES)}, got '{loss}'")
-    if num_negatives < 1:
-        raise ConfigError(f"method.num_negatives must be >= 1, got {num_negatives}")
-    if not 0.0 <= bank_momentum < 1.0:
-        raise ConfigError(f"method.bank_momentum must be in [0, 1), got {bank_momentum}")
 
 
 def global_log_norm(neg_logits: torch.Tensor) -> torch.Tensor:
@@ -75,20 +65,15 @@ class BankLoss(torch.nn.Module):
 
 
 @dataclass
-class NPIDConfig:
-    temperature: float = 0.07
-    num_negatives: int = 4096
-    bank_momentum: float = 0.5
-    loss: str = "softmax"  # softmax (NCE-softmax: CE over 1 + K) | nce (the paper's binary NCE)
-    proj_dim: int = 128
-    proj_hidden_dim: int = 512
-    proj_layers: int = 1  # the paper's linear 128-d embedding
-
-    def validate(self) -> None:
-        check_positive_temperature(self.temperature)
-        check_bank_options(self.loss, self.num_negatives, self.bank_momentum)
-        if self.proj_layers < 1:
-            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+class NPIDConfig(MethodConfig):
+    temperature: float = checked(0.07, gt=0)
+    num_negatives: int = checked(4096, ge=1, cap=QUEUE_CAP)
+    bank_momentum: float = checked(0.5, ge=0, lt=1)
+    # softmax (NCE-softmax: CE over 1 + K) | nce (the paper's binary NCE)
+    loss: str = checked("softmax", choices=BANK_LOSSES)
+    proj_dim: int = dim(128)
+    proj_hidden_dim: int = dim(512)
+    proj_layers: int = checked(1, ge=1, cap=16)  # the paper's linear 128-d embedding
 
 
 @register_method("npid", help="NPID/InstDisc: instance discrimination, memory-bank negatives (Wu et al. 2018)")

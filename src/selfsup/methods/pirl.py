@@ -23,30 +23,23 @@ from ..augment.jigsaw import jigsaw_tiles, permute_tiles, random_permutations
 from ..components.base import StepContext
 from ..components.gather import global_rows, rank_rows
 from ..components.memory_bank import MemoryBank
-from ..errors import ConfigError
+from ..config_checks import QUEUE_CAP, checked, dim
 from ..heads.mlp import mlp
-from .base import Method, MethodOutput, ViewBatch, register_method
-from .moco import check_positive_temperature
-from .npid import BankLoss, check_bank_options
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
+from .npid import BANK_LOSSES, BankLoss
 
 
 @dataclass
-class PIRLConfig:
-    temperature: float = 0.07
-    num_negatives: int = 4096  # the paper draws 32,000
-    bank_momentum: float = 0.5
-    loss: str = "softmax"  # softmax (NCE-softmax: CE over 1 + K) | nce (the paper's binary NCE)
-    lambda_jigsaw: float = 0.5  # λ: weight of the jigsaw term, 1 − λ goes to the image term
-    proj_dim: int = 128
-    grid: int = 3
-
-    def validate(self) -> None:
-        check_positive_temperature(self.temperature)
-        check_bank_options(self.loss, self.num_negatives, self.bank_momentum)
-        if not 0.0 <= self.lambda_jigsaw <= 1.0:
-            raise ConfigError(f"method.lambda_jigsaw must be in [0, 1], got {self.lambda_jigsaw}")
-        if self.grid < 2:
-            raise ConfigError(f"method.grid must be >= 2, got {self.grid}")
+class PIRLConfig(MethodConfig):
+    temperature: float = checked(0.07, gt=0)
+    num_negatives: int = checked(4096, ge=1, cap=QUEUE_CAP)  # the paper draws 32,000
+    bank_momentum: float = checked(0.5, ge=0, lt=1)
+    # softmax (NCE-softmax: CE over 1 + K) | nce (the paper's binary NCE)
+    loss: str = checked("softmax", choices=BANK_LOSSES)
+    # λ: weight of the jigsaw term, 1 − λ goes to the image term
+    lambda_jigsaw: float = checked(0.5, ge=0, le=1)
+    proj_dim: int = dim(128)
+    grid: int = checked(3, ge=2, cap=16)
 
 
 @register_method("pirl", help="PIRL: invariance to a 3x3 jigsaw, memory-bank negatives (Misra & van der Maaten 2020)")

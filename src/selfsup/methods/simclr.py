@@ -8,22 +8,18 @@ from torch import nn
 
 from ..components.base import StepContext
 from ..components.gather import gather_with_grad
+from ..config_checks import checked, dim
 from ..heads.mlp import projection_head
-from ..losses.contrastive import check_temperature, nt_xent
-from .base import Method, MethodOutput, ViewBatch, register_method
+from ..losses.contrastive import nt_xent
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 @dataclass
-class SimCLRConfig:
-    temperature: float = 0.2
-    proj_hidden_dim: int = 512
-    proj_dim: int = 128
-    proj_layers: int = 2  # 0: no head (the loss sees h), 1: linear, 2+: MLP
-
-    def validate(self) -> None:
-        check_temperature(self.temperature, "method.temperature")
-        if self.proj_layers < 0:
-            raise ValueError(f"method.proj_layers must be >= 0 (0: no head), got {self.proj_layers}")
+class SimCLRConfig(MethodConfig):
+    temperature: float = checked(0.2, gt=0)
+    proj_hidden_dim: int = dim(512)
+    proj_dim: int = dim(128)
+    proj_layers: int = checked(2, ge=0, cap=16, hint="0: no head")  # 0: no head (the loss sees h), 1: linear, 2+: MLP
 
 
 @register_method("simclr", help="SimCLR: NT-Xent over two views with in-batch negatives (Chen et al. 2020)")

@@ -12,26 +12,19 @@ from dataclasses import dataclass
 import torch
 
 from ..components.base import StepContext
-from ..errors import ConfigError
+from ..config_checks import checked, dim
 from ..heads.mlp import mlp
 from ..losses.distillation import negative_cosine
-from .base import Method, MethodOutput, ViewBatch, register_method
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 from .byol import check_two_views
 
 
 @dataclass
-class SimSiamConfig:
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 2048
-    proj_layers: int = 3  # the paper's ImageNet projector; 2 on CIFAR in the paper
-    pred_hidden_dim: int = 512  # the bottleneck of the predictor
-
-    def validate(self) -> None:
-        if self.proj_layers < 1:
-            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
-        for k in ("proj_hidden_dim", "proj_dim", "pred_hidden_dim"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"method.{k} must be >= 1, got {getattr(self, k)}")
+class SimSiamConfig(MethodConfig):
+    proj_hidden_dim: int = dim(2048)
+    proj_dim: int = dim(2048)
+    proj_layers: int = checked(3, ge=1, cap=16)  # the paper's ImageNet projector; 2 on CIFAR in the paper
+    pred_hidden_dim: int = dim(512)  # the bottleneck of the predictor
 
 
 @register_method("simsiam", help="SimSiam: predictor + stop-gradient, no momentum encoder (Chen & He 2021)")

@@ -25,37 +25,27 @@ from ..augment.multicrop import count_global_views, group_by_size
 from ..components.base import SharedPart, StepContext
 from ..components.gather import gather_no_grad, rank_rows
 from ..components.queue import FeatureQueue
-from ..components.sinkhorn import check_epsilon, sinkhorn_knopp
-from ..errors import ConfigError
+from ..components.sinkhorn import sinkhorn_knopp
+from ..config_checks import COUNT_CAP, QUEUE_CAP, checked, dim
 from ..heads.mlp import projection_head
 from ..heads.prototypes import Prototypes
 from ..losses.clustering import swapped_prediction
-from .base import Method, MethodOutput, ViewBatch, register_method
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 @dataclass
-class SwAVConfig:
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 128
-    n_prototypes: int = 3000
-    temperature: float = 0.1
-    epsilon: float = 0.05  # Sinkhorn-Knopp entropy weight
-    sinkhorn_iterations: int = 3
-    freeze_prototypes_epochs: int = 1
-    queue_size: int = 0  # per global crop; 0 = no queue (use one when batch size < n_prototypes)
-    queue_start_epoch: int = 1  # the queue fills from the start but is used for codes from this epoch on
-
-    def validate(self) -> None:
-        if self.n_prototypes < 2:
-            raise ConfigError(f"method.n_prototypes must be >= 2, got {self.n_prototypes}")
-        if not self.temperature > 0:
-            raise ConfigError(f"method.temperature must be > 0, got {self.temperature}")
-        check_epsilon(self.epsilon, "method.epsilon")
-        if self.sinkhorn_iterations < 1:
-            raise ConfigError(f"method.sinkhorn_iterations must be >= 1, got {self.sinkhorn_iterations}")
-        for k in ("freeze_prototypes_epochs", "queue_size", "queue_start_epoch"):
-            if getattr(self, k) < 0:
-                raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
+class SwAVConfig(MethodConfig):
+    proj_hidden_dim: int = dim(2048)
+    proj_dim: int = dim(128)
+    n_prototypes: int = dim(3000, ge=2)
+    temperature: float = checked(0.1, gt=0)
+    epsilon: float = checked(0.05, gt=0)  # Sinkhorn-Knopp entropy weight
+    sinkhorn_iterations: int = checked(3, ge=1, cap=1000)
+    freeze_prototypes_epochs: int = checked(1, ge=0, cap=COUNT_CAP)
+    # per global crop; 0 = no queue (use one when batch size < n_prototypes)
+    queue_size: int = checked(0, ge=0, cap=QUEUE_CAP)
+    # the queue fills from the start but is used for codes from this epoch on
+    queue_start_epoch: int = checked(1, ge=0, cap=COUNT_CAP)
 
 
 class RenormalisedPrototypes(Prototypes, SharedPart):

@@ -13,29 +13,18 @@ import torch.nn.functional as F
 
 from ..components.base import StepContext
 from ..components.tokenizer import VQTokenizer
-from ..errors import ConfigError
-from .base import Method, MethodOutput, ViewBatch, register_method
+from ..config_checks import COUNT_CAP, IMAGE_CAP, checked, dim
+from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 @dataclass
-class TokenizerConfig:
-    codebook_size: int = 512
-    code_dim: int = 32
-    hidden_dim: int = 64
-    patch_size: int | None = None  # None: the backbone's patch size (a ViT's), else 4
-    commitment: float = 0.25  # β in the VQ-VAE loss
-    dead_after: int = 50  # restart codes unused for this many steps
-
-    def validate(self) -> None:
-        if self.codebook_size < 2:
-            raise ConfigError(f"method.codebook_size must be >= 2, got {self.codebook_size}")
-        for key in ("code_dim", "hidden_dim", "dead_after"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"method.{key} must be >= 1, got {getattr(self, key)}")
-        if self.patch_size is not None and self.patch_size < 1:
-            raise ConfigError(f"method.patch_size must be >= 1, got {self.patch_size}")
-        if self.commitment < 0:
-            raise ConfigError(f"method.commitment must be >= 0, got {self.commitment}")
+class TokenizerConfig(MethodConfig):
+    codebook_size: int = dim(512, ge=2)
+    code_dim: int = dim(32)
+    hidden_dim: int = dim(64)
+    patch_size: int | None = checked(None, ge=1, cap=IMAGE_CAP)  # None: the backbone's patch size (a ViT's), else 4
+    commitment: float = checked(0.25, ge=0)  # β in the VQ-VAE loss
+    dead_after: int = checked(50, ge=1, cap=COUNT_CAP)  # restart codes unused for this many steps
 
 
 @register_method("tokenizer", help="VQ-VAE visual tokenizer for BEiT (van den Oord et al. 2017), trained here")

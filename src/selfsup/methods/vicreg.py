@@ -12,30 +12,21 @@ from dataclasses import dataclass
 
 from ..components.base import StepContext
 from ..components.gather import gather_with_grad
-from ..errors import ConfigError
+from ..config_checks import checked, dim
 from ..losses.redundancy import covariance_loss, invariance_loss, variance_loss
 from .barlow_twins import ProjectedPairMethod
-from .base import MethodOutput, ViewBatch, register_method
+from .base import MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 @dataclass
-class VICRegConfig:
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 2048
-    proj_layers: int = 3
-    sim_weight: float = 25.0  # λ, invariance
-    var_weight: float = 25.0  # μ, variance
-    cov_weight: float = 1.0  # ν, covariance
-    gamma: float = 1.0  # target std of each dimension
-
-    def validate(self) -> None:
-        for k in ("sim_weight", "var_weight", "cov_weight"):
-            if not getattr(self, k) >= 0:
-                raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
-        if not self.gamma > 0:
-            raise ConfigError(f"method.gamma must be > 0, got {self.gamma}")
-        if self.proj_layers < 1:
-            raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
+class VICRegConfig(MethodConfig):
+    proj_hidden_dim: int = dim(2048)
+    proj_dim: int = dim(2048)
+    proj_layers: int = checked(3, ge=1, cap=16)
+    sim_weight: float = checked(25.0, ge=0)  # λ, invariance
+    var_weight: float = checked(25.0, ge=0)  # μ, variance
+    cov_weight: float = checked(1.0, ge=0)  # ν, covariance
+    gamma: float = checked(1.0, gt=0)  # target std of each dimension
 
 
 @register_method("vicreg", help="VICReg: variance, invariance and covariance terms (Bardes et al. 2022)")

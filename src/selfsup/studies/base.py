@@ -132,7 +132,7 @@ class Study:
         res = pretrain(cfg, run_dir, overwrite=True, data=self.data, quiet=True, views=views)
         train_s = time.perf_counter() - t0
         metrics = self.probe(cfg, run_dir, probe_head)
-        result = {"cell": cell, **(info or {}), "method": cfg.method, "steps": res.steps, "final_loss": res.final_loss,
+        result = {"cell": cell, **(info or {}), "method": cfg.method.to_dict(), "steps": res.steps, "final_loss": res.final_loss,
                   "stopped": res.stopped, "train_s": round(train_s, 1),
                   "probe_s": round(time.perf_counter() - t0 - train_s, 1), **metrics, "key": key}
         write_json(done, result)

@@ -24,10 +24,11 @@ from ...augment.color import AB_SCALE, NormalizedRGBToLab, ab_bin_centers, encod
 from ...backbones.adapt import InputTransformBackbone
 from ...components.base import StepContext
 from ...components.class_prior import ClassPrior
+from ...config_checks import DIM_CAP, IMAGE_CAP, checked, dim
 from ...errors import ConfigError
 from ...heads.pretext_decoders import ConvDecoder, last_stage_map
 from ...losses.pretext import soft_cross_entropy
-from ..base import Method, MethodOutput, ViewBatch, register_method
+from ..base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 def require_rgb(name: str, data_channels: int) -> None:
@@ -36,34 +37,19 @@ def require_rgb(name: str, data_channels: int) -> None:
                           f"the data has {data_channels} channel(s)")
 
 
-def check_decoder(output_stride: int, width: int, blocks: int) -> None:
-    if output_stride < 1:
-        raise ConfigError(f"method.output_stride must be >= 1, got {output_stride}")
-    if width < 1 or blocks < 0:
-        raise ConfigError(f"method.decoder_width must be >= 1 and method.decoder_blocks >= 0, got {width}, {blocks}")
-
-
 @dataclass
-class ColorizationConfig:
-    loss: str = "classification"  # classification (quantised ab, Zhang et al.) | regression (L2 on ab)
-    ab_grid: float = 10.0  # side of the ab quantisation cells
-    soft_k: int = 5  # soft encoding on the k nearest bins (1: one-hot)
-    soft_sigma: float = 5.0
+class ColorizationConfig(MethodConfig):
+    # classification (quantised ab, Zhang et al.) | regression (L2 on ab)
+    loss: str = checked("classification", choices=("classification", "regression"))
+    ab_grid: float = checked(10.0, gt=0, cap=256)  # side of the ab quantisation cells
+    soft_k: int = checked(5, ge=1, cap=DIM_CAP)  # soft encoding on the k nearest bins (1: one-hot)
+    soft_sigma: float = checked(5.0, gt=0)
     rebalance: bool = True
-    rebalance_lambda: float = 0.5
-    output_stride: int = 4  # predict ab at image_size // output_stride
-    decoder_width: int = 64
-    decoder_blocks: int = 1  # 2x upsamplings from the backbone's last stage (then resized to the output size)
-
-    def validate(self) -> None:
-        if self.loss not in ("classification", "regression"):
-            raise ConfigError(f"method.loss must be classification or regression, got '{self.loss}'")
-        if self.ab_grid <= 0 or self.soft_sigma <= 0 or self.soft_k < 1:
-            raise ConfigError("method.ab_grid and method.soft_sigma must be > 0 and method.soft_k >= 1, got "
-                              f"{self.ab_grid}, {self.soft_sigma}, {self.soft_k}")
-        if not 0 <= self.rebalance_lambda <= 1:
-            raise ConfigError(f"method.rebalance_lambda must be in [0, 1], got {self.rebalance_lambda}")
-        check_decoder(self.output_stride, self.decoder_width, self.decoder_blocks)
+    rebalance_lambda: float = checked(0.5, ge=0, le=1)
+    output_stride: int = checked(4, ge=1, cap=IMAGE_CAP)  # predict ab at image_size // output_stride
+    decoder_width: int = dim(64)
+    # 2x upsamplings from the backbone's last stage (then resized to the output size)
+    decoder_blocks: int = checked(1, ge=0, cap=16)
 
 
 class LabInputMethod(Method):

@@ -27,10 +27,10 @@ from torch.func import functional_call
 
 from ...components.base import StepContext
 from ...components.gather import global_rows, local_share, rank_rows
-from ...errors import ConfigError
+from ...config_checks import DIM_CAP, checked, dim
 from ...heads.pretext_decoders import ConvDecoder, Discriminator, last_stage_map
 from ...losses.pretext import gan_losses, masked_mse
-from ..base import Method, MethodOutput, ViewBatch, register_method
+from ..base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 def region_mask(b: int, h: int, w: int, kind: str, fraction: float, num_blocks: int, device,
@@ -60,30 +60,18 @@ def region_mask(b: int, h: int, w: int, kind: str, fraction: float, num_blocks: 
 
 
 @dataclass
-class ContextEncoderConfig:
-    mask: str = "center"  # center | random-blocks
-    mask_fraction: float = 0.5  # side of the central square relative to the image (0.5 = 1/4 of the area)
-    num_blocks: int = 4  # random-blocks: squares of side mask_fraction/2
-    recon_weight: float = 0.999
-    adv_weight: float = 0.001
-    disc_weight: float = 1.0  # weight of the discriminator's own loss in the summed objective
-    disc_width: int = 32
-    decoder_width: int = 64
-    decoder_blocks: int = 3  # 2x upsamplings from the backbone's last stage (4x4 → 32 px for a CIFAR ResNet)
-
-    def validate(self) -> None:
-        if self.mask not in ("center", "random-blocks"):
-            raise ConfigError(f"method.mask must be center or random-blocks, got '{self.mask}'")
-        if not 0 < self.mask_fraction < 1:
-            raise ConfigError(f"method.mask_fraction must be in (0, 1), got {self.mask_fraction}")
-        if self.num_blocks < 1:
-            raise ConfigError(f"method.num_blocks must be >= 1, got {self.num_blocks}")
-        for k in ("recon_weight", "adv_weight", "disc_weight"):
-            if getattr(self, k) < 0:
-                raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
-        if self.decoder_width < 1 or self.decoder_blocks < 0 or self.disc_width < 1:
-            raise ConfigError("method.decoder_width and method.disc_width must be >= 1 and method.decoder_blocks "
-                              f">= 0, got {self.decoder_width}, {self.disc_width}, {self.decoder_blocks}")
+class ContextEncoderConfig(MethodConfig):
+    mask: str = checked("center", choices=("center", "random-blocks"))
+    # side of the central square relative to the image (0.5 = 1/4 of the area)
+    mask_fraction: float = checked(0.5, gt=0, lt=1)
+    num_blocks: int = checked(4, ge=1, cap=DIM_CAP)  # random-blocks: squares of side mask_fraction/2
+    recon_weight: float = checked(0.999, ge=0)
+    adv_weight: float = checked(0.001, ge=0)
+    disc_weight: float = checked(1.0, ge=0)  # weight of the discriminator's own loss in the summed objective
+    disc_width: int = dim(32)
+    decoder_width: int = dim(64)
+    # 2x upsamplings from the backbone's last stage (4x4 → 32 px for a CIFAR ResNet)
+    decoder_blocks: int = checked(3, ge=0, cap=16)
 
 
 @register_method("context-encoder", help="inpaint a removed region, L2 + adversarial (Pathak et al. 2016)")

@@ -23,10 +23,9 @@ from torch import nn
 from ...augment.pretext import patch_grid
 from ...components.base import StepContext
 from ...components.gather import gather_with_grad
-from ...errors import ConfigError
-from ...losses.contrastive import check_temperature
+from ...config_checks import IMAGE_CAP, checked
 from ...losses.pretext import cpc_info_nce
-from ..base import Method, MethodOutput, ViewBatch, register_method
+from ..base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 class RowCausalContext(nn.Module):
@@ -48,21 +47,13 @@ class RowCausalContext(nn.Module):
 
 
 @dataclass
-class CPCConfig:
-    patch: int = 8  # patch side in px
-    stride: int = 4  # grid stride in px (overlap = patch - stride)
-    steps: int = 2  # predict 1 … steps rows below (Hénaff et al.: up to 5 of 7 rows)
-    context_layers: int = 2
-    temperature: float = 0.1
+class CPCConfig(MethodConfig):
+    patch: int = checked(8, ge=1, cap=IMAGE_CAP)  # patch side in px
+    stride: int = checked(4, ge=1, cap=IMAGE_CAP)  # grid stride in px (overlap = patch - stride)
+    steps: int = checked(2, ge=1, cap=IMAGE_CAP)  # predict 1 … steps rows below (Hénaff et al.: up to 5 of 7 rows)
+    context_layers: int = checked(2, ge=1, cap=64)
+    temperature: float = checked(0.1, gt=0)
     normalize: bool = True
-
-    def validate(self) -> None:
-        if self.patch < 1 or self.stride < 1:
-            raise ConfigError(f"method.patch and method.stride must be >= 1, got {self.patch} and {self.stride}")
-        if self.steps < 1 or self.context_layers < 1:
-            raise ConfigError(f"method.steps and method.context_layers must be >= 1, got {self.steps} and "
-                              f"{self.context_layers}")
-        check_temperature(self.temperature, "method.temperature")
 
 
 @register_method("cpc",

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from ...components.base import StepContext
 from ...components.gather import global_rows, rank_rows
-from ...errors import ConfigError
+from ...config_checks import checked, dim
 from ...heads.pretext_decoders import ConvDecoder, last_stage_map
-from ..base import Method, MethodOutput, ViewBatch, register_method
+from ..base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 def corrupt(x: torch.Tensor, kind: str, noise_std: float, mask_ratio: float,
@@ -35,23 +35,13 @@ def corrupt(x: torch.Tensor, kind: str, noise_std: float, mask_ratio: float,
 
 
 @dataclass
-class DenoisingAEConfig:
-    noise: str = "gaussian"  # gaussian | mask
-    noise_std: float = 0.5
-    mask_ratio: float = 0.5
-    decoder_width: int = 64
-    decoder_blocks: int = 3  # 2x upsamplings from the backbone's last stage (4x4 → 32 px for a CIFAR ResNet)
-
-    def validate(self) -> None:
-        if self.noise not in ("gaussian", "mask"):
-            raise ConfigError(f"method.noise must be gaussian or mask, got '{self.noise}'")
-        if self.noise_std < 0:
-            raise ConfigError(f"method.noise_std must be >= 0, got {self.noise_std}")
-        if not 0 <= self.mask_ratio < 1:
-            raise ConfigError(f"method.mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.decoder_width < 1 or self.decoder_blocks < 0:
-            raise ConfigError(f"method.decoder_width must be >= 1 and method.decoder_blocks >= 0, got "
-                              f"{self.decoder_width}, {self.decoder_blocks}")
+class DenoisingAEConfig(MethodConfig):
+    noise: str = checked("gaussian", choices=("gaussian", "mask"))
+    noise_std: float = checked(0.5, ge=0)
+    mask_ratio: float = checked(0.5, ge=0, lt=1)
+    decoder_width: int = dim(64)
+    # 2x upsamplings from the backbone's last stage (4x4 → 32 px for a CIFAR ResNet)
+    decoder_blocks: int = checked(3, ge=0, cap=16)
 
 
 @register_method("denoising-ae", help="reconstruct the clean image from a noisy or masked one (Vincent et al. 2008)")

@@ -23,31 +23,29 @@ import torch.nn.functional as F
 from ...augment.pretext import grid_tiles, normalize_tiles, permutation_set
 from ...components.base import StepContext
 from ...components.gather import global_rows, rank_rows
+from ...config_checks import IMAGE_CAP, SEED_CAP, checked, dim
 from ...errors import ConfigError
 from ...heads.mlp import mlp
-from ..base import Method, MethodOutput, ViewBatch, register_method
+from ..base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 @dataclass
-class JigsawConfig:
-    num_permutations: int = 100  # P: number of classes (Noroozi & Favaro: 100 best of 100/1000)
-    permutation_seed: int = 0
-    grid: int = 3  # 3x3 tiles (2 or 3; the permutation set is enumerated from all (grid²)! permutations)
-    gap: int = 2  # px each tile leaves free in its cell (tile = image_size // grid - gap)
-    jitter: int = 1  # px of random shift per tile and axis (kept inside the cell)
+class JigsawConfig(MethodConfig):
+    # P: number of classes (Noroozi & Favaro: 100 best of 100/1000)
+    num_permutations: int = checked(100, ge=2, le=1000)
+    permutation_seed: int = checked(0, ge=0, lt=SEED_CAP)
+    # 3x3 tiles (2 or 3; the permutation set is enumerated from all (grid²)! permutations)
+    grid: int = checked(3, ge=2, le=3)
+    gap: int = checked(2, ge=0, cap=IMAGE_CAP)  # px each tile leaves free in its cell (tile = image_size // grid - gap)
+    jitter: int = checked(1, ge=0, cap=IMAGE_CAP)  # px of random shift per tile and axis (kept inside the cell)
     tile_norm: bool = True
-    head_hidden_dim: int = 512
+    head_hidden_dim: int = dim(512)
 
     def validate(self) -> None:
-        if self.grid not in (2, 3):
-            raise ConfigError(f"method.grid must be 2 or 3, got {self.grid}")
         limit = min(1000, math.factorial(self.grid ** 2))
-        if not 2 <= self.num_permutations <= limit:
-            raise ConfigError(f"method.num_permutations must be in [2, {limit}], got {self.num_permutations}")
-        if self.gap < 0 or self.jitter < 0:
-            raise ConfigError(f"method.gap and method.jitter must be >= 0, got {self.gap} and {self.jitter}")
-        if self.head_hidden_dim < 1:
-            raise ConfigError(f"method.head_hidden_dim must be >= 1, got {self.head_hidden_dim}")
+        if self.num_permutations > limit:
+            raise ConfigError(f"method.num_permutations must be in [2, {limit}] for a {self.grid}x{self.grid} grid, "
+                              f"got {self.num_permutations}")
 
 
 @register_method("jigsaw", help="solve 3x3 jigsaw puzzles: classify the tile permutation (Noroozi & Favaro 2016)")

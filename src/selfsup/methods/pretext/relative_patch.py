@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from ...augment.pretext import color_drop, color_project, grid_tiles
 from ...components.base import StepContext
 from ...components.gather import global_rows, rank_rows
-from ...errors import ConfigError
+from ...config_checks import IMAGE_CAP, checked, dim
 from ...heads.mlp import mlp
-from ..base import Method, MethodOutput, ViewBatch, register_method
+from ..base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)  # row-major grid positions around the centre (4); label = index here
 CENTRE = 4
@@ -38,20 +38,13 @@ def neighbour_offsets() -> torch.Tensor:
 
 
 @dataclass
-class RelativePatchConfig:
-    gap: int = 2  # px each tile leaves free in its cell (tile = image_size // 3 - gap)
-    jitter: int = 1  # px of random shift per tile and axis (kept inside the cell)
-    color: str = "drop"  # drop | project | none  (against chromatic aberration; no-op on 1-channel data)
+class RelativePatchConfig(MethodConfig):
+    gap: int = checked(2, ge=0, cap=IMAGE_CAP)  # px each tile leaves free in its cell (tile = image_size // 3 - gap)
+    jitter: int = checked(1, ge=0, cap=IMAGE_CAP)  # px of random shift per tile and axis (kept inside the cell)
+    # drop | project | none  (against chromatic aberration; no-op on 1-channel data)
+    color: str = checked("drop", choices=("drop", "project", "none"))
     all_pairs: bool = True  # classify all 8 neighbours of each centre; False: one random neighbour per image
-    head_hidden_dim: int = 512
-
-    def validate(self) -> None:
-        if self.gap < 0 or self.jitter < 0:
-            raise ConfigError(f"method.gap and method.jitter must be >= 0, got {self.gap} and {self.jitter}")
-        if self.color not in ("drop", "project", "none"):
-            raise ConfigError(f"method.color must be drop, project or none, got '{self.color}'")
-        if self.head_hidden_dim < 1:
-            raise ConfigError(f"method.head_hidden_dim must be >= 1, got {self.head_hidden_dim}")
+    head_hidden_dim: int = dim(512)
 
 
 @register_method("relative-patch",

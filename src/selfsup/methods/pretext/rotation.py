@@ -15,19 +15,16 @@ import torch.nn.functional as F
 
 from ...augment.pretext import rotate_all, rotate_random
 from ...components.base import StepContext
-from ...errors import ConfigError
+from ...config_checks import dim
 from ...heads.mlp import mlp
-from ..base import Method, MethodOutput, ViewBatch, register_method
+from ..base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
 @dataclass
-class RotationConfig:
+class RotationConfig(MethodConfig):
     all_rotations: bool = True  # all 4 rotations of each image in the batch (4x compute); False: one at random
-    head_hidden_dim: int = 0  # 0: a linear classifier on the pooled features; > 0: one hidden layer (BN, ReLU)
-
-    def validate(self) -> None:
-        if self.head_hidden_dim < 0:
-            raise ConfigError(f"method.head_hidden_dim must be >= 0, got {self.head_hidden_dim}")
+    # 0: a linear classifier on the pooled features; > 0: one hidden layer (BN, ReLU)
+    head_hidden_dim: int = dim(0, ge=0, hint="0: a linear classifier")
 
 
 def classifier(in_dim: int, hidden: int, classes: int):

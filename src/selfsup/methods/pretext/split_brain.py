@@ -24,33 +24,24 @@ import torch.nn.functional as F
 from ...augment.color import AB_SCALE, NormalizedRGBToLab, ab_bin_centers, encode_ab, quantize_l, scale_lab
 from ...backbones.adapt import ChannelSplitBackbone, with_in_channels
 from ...components.base import StepContext
-from ...errors import ConfigError
+from ...config_checks import DIM_CAP, IMAGE_CAP, checked, dim
 from ...heads.pretext_decoders import ConvDecoder, last_stage_map
 from ...losses.pretext import soft_cross_entropy
-from ..base import MethodOutput, ViewBatch, register_method
-from .colorization import LabInputMethod, check_decoder
+from ..base import MethodConfig, MethodOutput, ViewBatch, register_method
+from .colorization import LabInputMethod
 
 
 @dataclass
-class SplitBrainConfig:
-    loss: str = "classification"  # classification (ab bins and L bins) | regression (L2 on scaled values)
-    ab_grid: float = 10.0
-    soft_k: int = 5  # soft encoding of ab on the k nearest bins
-    soft_sigma: float = 5.0
-    l_bins: int = 50
-    output_stride: int = 4
-    decoder_width: int = 64
-    decoder_blocks: int = 1
-
-    def validate(self) -> None:
-        if self.loss not in ("classification", "regression"):
-            raise ConfigError(f"method.loss must be classification or regression, got '{self.loss}'")
-        if self.ab_grid <= 0 or self.soft_sigma <= 0 or self.soft_k < 1:
-            raise ConfigError("method.ab_grid and method.soft_sigma must be > 0 and method.soft_k >= 1, got "
-                              f"{self.ab_grid}, {self.soft_sigma}, {self.soft_k}")
-        if self.l_bins < 2:
-            raise ConfigError(f"method.l_bins must be >= 2, got {self.l_bins}")
-        check_decoder(self.output_stride, self.decoder_width, self.decoder_blocks)
+class SplitBrainConfig(MethodConfig):
+    # classification (ab bins and L bins) | regression (L2 on scaled values)
+    loss: str = checked("classification", choices=("classification", "regression"))
+    ab_grid: float = checked(10.0, gt=0, cap=256)
+    soft_k: int = checked(5, ge=1, cap=DIM_CAP)  # soft encoding of ab on the k nearest bins
+    soft_sigma: float = checked(5.0, gt=0)
+    l_bins: int = dim(50, ge=2)
+    output_stride: int = checked(4, ge=1, cap=IMAGE_CAP)
+    decoder_width: int = dim(64)
+    decoder_blocks: int = checked(1, ge=0, cap=16)
 
 
 @register_method("split-brain",
