@@ -173,7 +173,8 @@ REFUSED = {  # key → a config with it changed (each also a source of raw trace
     "train.seed": lambda: cfg(max_steps=4, seed=1),
     "train.epochs": lambda: cfg(max_steps=4, epochs=3),
     "train.precision": lambda: cfg(max_steps=4, precision="bf16"),
-    "augment.n_views": lambda: build_run_config({**cfg(max_steps=4).to_dict(), "augment": {"n_views": 3}}),
+    "augment.crop_scale_min": lambda: build_run_config({**cfg(max_steps=4).to_dict(),
+                                                        "augment": {"crop_scale_min": 0.5}}),
     "data.path": lambda: build_run_config({**cfg(max_steps=4).to_dict(), "data": {"path": "other"}}),
 }
 
