@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.backbones import build_backbone
-from selfsup.components.base import StepContext
+from selfsup.components.base import StepContext, update_parts
 from selfsup.components.sinkhorn import sinkhorn_knopp
 from selfsup.heads.prototypes import Prototypes
 from selfsup.losses.clustering import swapped_prediction
@@ -124,6 +124,8 @@ def test_swav_prototypes_frozen_during_the_first_epoch():
 def test_swav_queue_fills_and_feeds_the_codes():
     m, vs = _swav(queue_size=16, queue_start_epoch=1)
     m(ViewBatch(vs), StepContext(0, 10, epoch=0))
+    assert [int(q.filled) for q in m.queues] == [0, 0]  # forward only stages; after_step enqueues
+    update_parts(m, StepContext(0, 10, epoch=0))
     assert [int(q.filled) for q in m.queues] == [8, 8]
     assert torch.allclose(m.queues[0].rows[:8].norm(dim=1), torch.ones(8), atol=1e-5)
     # from queue_start_epoch on, the codes are computed over queue + batch: they differ from batch-only codes

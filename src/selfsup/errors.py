@@ -9,3 +9,11 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A bad configuration key or value; the message names the key."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read safely; the message names the file."""
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked; the message names it."""

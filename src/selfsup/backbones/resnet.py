@@ -64,6 +64,7 @@ class ResNet(Backbone):
 
     stage_names = ("stem", "layer1", "layer2", "layer3", "layer4")
     prefers_channels_last = True
+    export_key_names = "torchvision"  # our parameter names are torchvision's
 
     def __init__(self, block: type, layers: list[int], *, in_channels: int = 3, width: float = 1.0,
                  cifar_stem: bool = False, zero_init_residual: bool = True) -> None:

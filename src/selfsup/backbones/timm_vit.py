@@ -14,10 +14,13 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import BACKBONES
 from .base import Backbone, BackboneSpec
-from .vit import ViT, default_patch_size
+from .vit import ViT, block_layer_decay_groups, default_patch_size
 
 
 class TimmViT(Backbone):
+    supports_attention = True
+    layer_decay_rule = "vit_layer_decay_groups"
+
     def __init__(self, model: nn.Module, patch_size: int, in_channels: int) -> None:
         super().__init__()
         self.model = model
@@ -30,6 +33,9 @@ class TimmViT(Backbone):
         self.stage_names = tuple(f"block{i + 1}" for i in range(self.depth))
 
     grid_for = ViT.grid_for  # same geometry and the same one-line error as our ViT
+
+    def layer_decay_groups(self, lr: float, decay: float, weight_decay: float = 0.0) -> list[dict]:
+        return block_layer_decay_groups(self, self.depth, lr, decay, weight_decay=weight_decay)
 
     def embed(self, x: torch.Tensor, *, keep: torch.Tensor | None = None, mask: torch.Tensor | None = None,
               mask_token: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,20 +4,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .checkpoint import CheckpointError, load_checkpoint
+from ..checkpoints import CHECKPOINT_DIR, latest_checkpoint, list_checkpoints
+from ..errors import RunDirError
 
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used as asked; the message names it."""
-
-
-CHECKPOINT_DIR = "checkpoints"
+__all__ = ["CHECKPOINT_DIR", "RunDirError", "checkpoint_path", "latest_checkpoint", "list_checkpoints",
+           "prepare_run_dir", "prune_checkpoints", "truncate_metrics", "write_config", "write_json"]
 
 
 def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
@@ -62,30 +58,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINT_DIR / f"step-{step:08d}.pt"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints of a run, newest first."""
-    d = Path(run_dir) / CHECKPOINT_DIR
-    return sorted(d.glob("step-*.pt"), reverse=True) if d.is_dir() else []
-
-
-def latest_checkpoint(run_dir: str | Path, *, verify: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint that loads; a damaged one is skipped with a warning."""
-    cands = list_checkpoints(run_dir)
-    if not cands:
-        raise RunDirError(f"{run_dir}: no checkpoint found (expected {CHECKPOINT_DIR}/step-*.pt); "
-                          "pretrain first with `selfsup pretrain --out` this directory")
-    errors = []
-    for p in cands:
-        try:
-            return p, load_checkpoint(p)
-        except CheckpointError as e:
-            if not verify:
-                raise
-            errors.append(str(e))
-            warnings.warn(f"skipping damaged checkpoint {p.name}: {e}", stacklevel=2)
-    raise RunDirError(f"{run_dir}: no readable checkpoint ({errors[0]})")
 
 
 def prune_checkpoints(run_dir: Path, keep: int = 2) -> None:

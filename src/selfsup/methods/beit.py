@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 from ..augment.masking import block_masking, check_mask_ratio
+from ..checkpoints import latest_checkpoint, load_checkpoint
 from ..components.base import StepContext
 from ..components.gather import global_rows, rank_rows
 from ..components.tokenizer import VQTokenizer
-from ..engine.checkpoint import load_checkpoint
-from ..engine.rundir import latest_checkpoint
 from ..errors import ConfigError
 from ..losses.masked import masked_cross_entropy
 from .base import Method, MethodOutput, ViewBatch, register_method

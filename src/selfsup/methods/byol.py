@@ -29,12 +29,6 @@ def check_momentum(value: float, name: str) -> None:
         raise ConfigError(f"{name} must be in [0, 1], got {value}")
 
 
-def check_two_views(views: list, method: str) -> None:
-    if len(views) != 2:
-        raise ValueError(f"{method} expects 2 views, got {len(views)} (it does not use multi-crop; "
-                         "check augment.n_views, augment.local_crops and augment.preset)")
-
-
 @dataclass
 class BYOLConfig:
     proj_hidden_dim: int = 4096
@@ -58,6 +52,7 @@ class BYOL(Method):
 
     Config = BYOLConfig
     default_augment = "byol"
+    n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"
     base_lr = 1.0
@@ -75,7 +70,6 @@ class BYOL(Method):
                                  Cosine(c.momentum_base, c.momentum_final))
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        check_two_views(batch.views, "byol")
         x = torch.cat(batch.views)
         h = self.backbone(x)
         p1, p2 = self.predictor(self.projector(h)).chunk(2)
