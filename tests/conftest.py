@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny in-memory datasets made in the test, and the real data path when it exists."""
+"""Shared fixtures: tiny in-memory datasets made in the test, the real data path when it exists, and the
+test-only sizes the production registries do not hold (the ``vit-test`` backbone)."""
 from __future__ import annotations
 
 import os
@@ -7,9 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from selfsup.backbones.vit import vit_factory
 from selfsup.data.base import ImageDataset, InMemorySplit
+from selfsup.registry import BACKBONES
 
 torch.set_num_threads(2)
+
+# A 2-block ViT of dim 32 with 2 heads (width ignored): the tiny ViT of the contract tests and of methods whose
+# ``test_backbone`` is a ViT (MAE, BEiT). Registered here, not in src/: it is a test size, not a model.
+if "vit-test" not in BACKBONES:  # once per process, even if this module is imported under two names
+    BACKBONES.register("vit-test", help="tests only: a 2-block ViT, dim 32, 2 heads (width ignored)")(
+        vit_factory(32, 2, 2))
 
 # ../shared/data beside the checkout (as in CI); SELFSUP_SHARED_DATA overrides it (git worktrees elsewhere).
 SHARED_DATA = Path(os.environ.get("SELFSUP_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))

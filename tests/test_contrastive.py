@@ -133,6 +133,8 @@ def test_moco_first_step_uses_batch_keys_then_enqueues():
     assert m._contrast(q, k, torch.arange(4)).item() == pytest.approx(expected.item(), rel=1e-5)
     batch = _views(m, n=8)
     m(batch, StepContext(0, 4))
+    assert int(m.queue.filled) == 0  # forward only stages the keys; the step's after_step enqueues them
+    update_parts(m, StepContext(0, 4))
     assert int(m.queue.filled) == 8 and torch.equal(m.queue.ids[:8], batch.index)
     assert torch.allclose(m.queue.rows[:8].norm(dim=1), torch.ones(8), atol=1e-5)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_blobs
 
-from selfsup.augment.jigsaw import inverse_permutation, jigsaw_tiles, permute_tiles, random_permutations, untile
+from selfsup.augment.pretext import inverse_permutation, jigsaw_tiles, permute_tiles, random_permutations, untile
 from selfsup.backbones import build_backbone
 from selfsup.components.base import StepContext, discard_staged, update_parts
 from selfsup.components.memory_bank import MemoryBank

@@ -398,6 +398,28 @@ def test_a_skipped_step_leaves_every_buffer_as_it_was(name, tmp_path, monkeypatc
     assert recs[-1]["skipped_steps"] == 1
 
 
+def test_a_skipped_step_stages_nothing_into_queues_priors_or_banks():
+    """What a skipped step's forward staged (queue rows, prior counts, bank rows, centre sums) is discarded."""
+    from selfsup.components.base import StepContext, discard_staged, update_parts
+    from selfsup.components.center import Center
+    from selfsup.components.class_prior import ClassPrior
+    from selfsup.components.memory_bank import MemoryBank
+    from selfsup.components.queue import FeatureQueue
+
+    parts = torch.nn.ModuleDict({"queue": FeatureQueue(8, 4), "prior": ClassPrior(3), "bank": MemoryBank(6, 4),
+                                 "center": Center(4)})
+    before = {k: v.clone() for k, v in parts.state_dict().items()}
+    ctx = StepContext(step=0, total_steps=2)
+    parts["queue"].stage(torch.randn(2, 4))
+    parts["prior"].observe(torch.softmax(torch.randn(2, 3), dim=1))
+    parts["bank"].stage(torch.tensor([0, 1]), torch.randn(2, 4), ctx)
+    parts["center"].observe(torch.randn(2, 4), ctx)
+    discard_staged(parts)  # the loop's skip branch
+    update_parts(parts, StepContext(step=1, total_steps=2))  # the next committed step stages nothing itself
+    after = parts.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])]
+
+
 def test_pruning_never_deletes_the_newest_finite_checkpoint(tmp_path):
     ck = tmp_path / "checkpoints"
     for step, value in ((1, 1.0), (2, 2.0), (3, float("nan")), (4, float("inf"))):

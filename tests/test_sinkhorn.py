@@ -161,6 +161,8 @@ def test_prototypes_from_a_checkpoint_without_unit_rows_are_normalised_on_load()
 def test_swav_queue_fills_and_feeds_the_codes():
     m, vs = _swav(queue_size=16, queue_start_epoch=1)
     m(ViewBatch(vs), StepContext(0, 10, epoch=0))
+    assert [int(q.filled) for q in m.queues] == [0, 0]  # forward only stages; after_step enqueues
+    update_parts(m, StepContext(0, 10, epoch=0))
     assert [int(q.filled) for q in m.queues] == [8, 8]
     assert torch.allclose(m.queues[0].rows[:8].norm(dim=1), torch.ones(8), atol=1e-5)
     # from queue_start_epoch on, the codes are computed over queue + batch: they differ from batch-only codes

@@ -9,8 +9,16 @@ import pytest
 import torch
 from conftest import make_blobs
 
-from selfsup.augment import ops_extra
-from selfsup.augment.named import TRANSFORMS, NamedViewPipeline, canonical_names
+from selfsup.augment.named import (
+    TRANSFORMS,
+    NamedViewPipeline,
+    canonical_names,
+    cutout,
+    gaussian_noise,
+    sample_cutout,
+    sobel,
+)
+from selfsup.augment.pretext import rotate90
 from selfsup.backbones.base import build_backbone
 from selfsup.cli.main import main
 from selfsup.config import ConfigError, build_run_config
@@ -26,8 +34,8 @@ from selfsup.studies.temperature import TemperatureStudy
 def test_cutout_fills_exactly_each_samples_box():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 3, 12, 10)
-    boxes = ops_extra.sample_cutout(6, 12, 10, (0.2, 0.6), g, x.device)
-    y = ops_extra.cutout(x, boxes, 0.5)
+    boxes = sample_cutout(6, 12, 10, (0.2, 0.6), g, x.device)
+    y = cutout(x, boxes, 0.5)
     for i in range(6):
         t, l, h, w = (int(v) for v in boxes[i])
         assert h >= 1 and w >= 1 and t + h <= 12 and l + w <= 10
@@ -40,17 +48,17 @@ def test_cutout_fills_exactly_each_samples_box():
 def test_rotate90_matches_rot90_per_sample():
     x = torch.rand(5, 3, 8, 8)
     k = torch.tensor([0, 1, 2, 3, 5])
-    y = ops_extra.rotate90(x, k)
+    y = rotate90(x, k)
     for i in range(5):
         assert torch.equal(y[i], torch.rot90(x[i], int(k[i]) % 4, dims=(-2, -1)))
     with pytest.raises(ValueError, match="square"):
-        ops_extra.rotate90(torch.rand(1, 3, 8, 6), torch.tensor([1]))
+        rotate90(torch.rand(1, 3, 8, 6), torch.tensor([1]))
 
 
 def test_gaussian_noise_has_each_samples_std():
     x = torch.full((3, 1, 64, 64), 0.5)
     std = torch.tensor([0.0, 0.05, 0.1])
-    y = ops_extra.gaussian_noise(x, std, torch.Generator().manual_seed(0))
+    y = gaussian_noise(x, std, torch.Generator().manual_seed(0))
     assert torch.equal(y[0], x[0])
     for i in (1, 2):
         assert abs(float((y[i] - 0.5).std()) - float(std[i])) < 0.01
@@ -58,7 +66,7 @@ def test_gaussian_noise_has_each_samples_std():
 
 def test_sobel_against_direct_formula():
     x = torch.rand(2, 3, 7, 9)
-    y = ops_extra.sobel(x)
+    y = sobel(x)
     assert y.shape == x.shape and torch.equal(y[:, 0], y[:, 2])
     g = 0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
     p = torch.nn.functional.pad(g[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
@@ -70,7 +78,7 @@ def test_sobel_against_direct_formula():
                 gy = (w[2] - w[0]) @ torch.tensor([1.0, 2.0, 1.0])
                 ref = min(1.0, float((gx ** 2 + gy ** 2).sqrt()) / 4)
                 assert abs(float(y[b, 0, i, j]) - ref) < 1e-5
-    assert float(ops_extra.sobel(torch.full((1, 3, 5, 5), 0.3)).abs().max()) == 0  # flat image: no edges
+    assert float(sobel(torch.full((1, 3, 5, 5), 0.3)).abs().max()) == 0  # flat image: no edges
 
 
 # ------------------------------------------------------------------------------------------ named pipeline

@@ -11,5 +11,9 @@ class ConfigError(ValueError):
     """A bad configuration key or value; the message names the key."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read safely; the message names the file."""
+
+
 class RunDirError(ValueError):
     """A run directory that cannot be used as asked (missing, not writable, in use by another run); names it."""

@@ -5,18 +5,16 @@ is an ordinary :class:`MultiViewPipeline` whose views are ordered **global crops
 whose local crops are strictly smaller than the global ones: methods tell the two apart by size
 (:func:`count_global_views`), so the protocol needs nothing beyond the list of views.
 
-Config (the ``augment`` section): ``n_views`` global crops (default 2) at the image size with scale
-``(crop_scale_min, crop_scale_max)``; ``local_crops`` crops of ``local_size`` px with scale
-``(0.05, local_scale_max)``.
+The presets ``multicrop`` and ``byol`` (augment/presets.py) build it: ``n_views`` global crops (default 2) at
+the image size with scale ``(crop_scale_min, crop_scale_max)``; ``local_crops`` crops of ``local_size`` px with
+scale ``(0.05, local_scale_max)``.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Sequence
 
 import torch
 
-from ..config import AugmentConfig
 from ..errors import ConfigError
 from .pipeline import MultiViewPipeline, ViewSpec
 
@@ -46,17 +44,6 @@ def multi_crop(global_specs: Sequence[ViewSpec], local_spec: ViewSpec | None, n_
             raise ConfigError(f"augment.local_size ({local_spec.size}) must be smaller than the global crop size ({size})")
         specs += [local_spec] * n_local
     return MultiViewPipeline(specs, mean, std)
-
-
-def local_crop_spec(cfg: AugmentConfig, image_size: int, base: ViewSpec) -> ViewSpec:
-    """``base``'s colour transforms at ``cfg.local_size`` with scale (0.05, ``cfg.local_scale_max``)."""
-    size = cfg.local_size if cfg.local_size is not None else default_local_size(image_size)
-    smax = cfg.local_scale_max if cfg.local_scale_max is not None else 0.25
-    if size < 1:
-        raise ConfigError(f"augment.local_size must be >= 1, got {size}")
-    if not LOCAL_SCALE_MIN < smax <= 1.0:
-        raise ConfigError(f"augment.local_scale_max must be in ({LOCAL_SCALE_MIN}, 1], got {smax}")
-    return replace(base, size=size, crop_scale=(LOCAL_SCALE_MIN, smax))
 
 
 def count_global_views(views: Sequence[torch.Tensor]) -> int:

@@ -18,16 +18,73 @@ sobel      Sobel gradient magnitude (deterministic)
 noise      Gaussian pixel noise, std 0.02-0.1 per image
 cutout     one square of side 20-50% of the image, grey (0.5), always
 ========== ==========================================================================================
+
+The batched ops that :mod:`selfsup.augment.ops` lacks (cutout, Gaussian noise, Sobel) are defined here, with
+per-sample parameters drawn by ``sample_*`` helpers; the quarter-turn rotation is the pretext tasks' one
+(:func:`selfsup.augment.pretext.rotate90`).
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..registry import UnknownNameError
-from . import ops, ops_extra
+from . import ops
+from .ops import rgb_to_grayscale, uniform
+from .pretext import rotate90, sample_rotation
 
+_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+
+
+# ----------------------------------------------------------------------------------------------------- cutout
+def sample_cutout(n: int, height: int, width: int, size_range: tuple[float, float], gen: torch.Generator | None,
+                  device: torch.device) -> torch.Tensor:
+    """Boxes ``(n, 4)`` (top, left, h, w) in pixels: squares of side ``size_range`` × min(H, W), anywhere
+    (clipped at the border, as DeVries & Taylor 2017's cutout whose centre may lie near the edge)."""
+    side = torch.round(uniform(n, *size_range, gen, device) * min(height, width)).clamp_min(1)
+    cy = torch.floor(torch.rand(n, generator=gen, device=device) * height)
+    cx = torch.floor(torch.rand(n, generator=gen, device=device) * width)
+    top = (cy - side // 2).clamp(0, height - 1)
+    left = (cx - side // 2).clamp(0, width - 1)
+    h = torch.minimum(side, height - top)
+    w = torch.minimum(side, width - left)
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def cutout(x: torch.Tensor, boxes: torch.Tensor, fill: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Fill each sample's box (B, 4: top, left, h, w) with ``fill`` (a scalar, or (B, C) per-sample colours)."""
+    b, c, h, w = x.shape
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    top, left, bh, bw = (v.view(-1, 1, 1) for v in boxes.to(x.device).unbind(1))
+    inside = (ys >= top) & (ys < top + bh) & (xs >= left) & (xs < left + bw)  # (B, H, W)
+    fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    fill_t = fill_t.view(b, c, 1, 1) if fill_t.ndim == 2 else fill_t
+    return torch.where(inside[:, None], fill_t, x)
+
+
+# ------------------------------------------------------------------------------------------------------ noise
+def gaussian_noise(x: torch.Tensor, std: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Add N(0, std[i]²) pixel noise to sample i (``std`` (B,), on the [0, 1] scale), clipped to [0, 1]."""
+    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    return (x + noise * std.view(-1, 1, 1, 1).to(x.dtype)).clamp_(0, 1)
+
+
+# ------------------------------------------------------------------------------------------------------ sobel
+def sobel(x: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of the luma, ``sqrt(gx² + gy²) / 4`` clipped to [0, 1], repeated to C channels
+    (so the backbone's input is unchanged). Replicate padding keeps borders edge-free. Deterministic."""
+    g = rgb_to_grayscale(x)
+    kx = torch.tensor(_SOBEL_X, dtype=x.dtype, device=x.device)
+    k = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3)
+    grad = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), k)
+    mag = (grad.pow(2).sum(1, keepdim=True).sqrt() / 4).clamp_(0, 1)
+    return mag.expand(-1, x.shape[1], -1, -1).contiguous()
+
+
+# ------------------------------------------------------------------------------------------ transformations
 Transform = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
 
@@ -38,7 +95,7 @@ def _crop(x: torch.Tensor, gen) -> torch.Tensor:
 
 
 def _rotation(x: torch.Tensor, gen) -> torch.Tensor:
-    return ops_extra.rotate90(x, ops_extra.sample_rotation(x.shape[0], gen, x.device))
+    return rotate90(x, sample_rotation(x.shape[0], gen, x.device))
 
 
 def _color(x: torch.Tensor, gen) -> torch.Tensor:
@@ -65,16 +122,16 @@ def _solarize(x: torch.Tensor, gen) -> torch.Tensor:
 
 
 def _sobel(x: torch.Tensor, gen) -> torch.Tensor:
-    return ops_extra.sobel(x)
+    return sobel(x)
 
 
 def _noise(x: torch.Tensor, gen) -> torch.Tensor:
-    return ops_extra.gaussian_noise(x, ops.uniform(x.shape[0], 0.02, 0.1, gen, x.device), gen)
+    return gaussian_noise(x, ops.uniform(x.shape[0], 0.02, 0.1, gen, x.device), gen)
 
 
 def _cutout(x: torch.Tensor, gen) -> torch.Tensor:
     b, _, h, w = x.shape
-    return ops_extra.cutout(x, ops_extra.sample_cutout(b, h, w, (0.2, 0.5), gen, x.device), 0.5)
+    return cutout(x, sample_cutout(b, h, w, (0.2, 0.5), gen, x.device), 0.5)
 
 
 #: name → (transformation, one-line description), in the order they are applied

@@ -6,13 +6,13 @@ engine owns and checkpoints.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from . import ops
-from .spec_checks import check_view_spec
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,55 @@ class ViewSpec:
     solarize_p: float = 0.0
     crop: bool = True  # False: resize the whole image (evaluation-style view)
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the field for out-of-range parameters (run at construction).
+
+        Out-of-range values would not fail loudly later: a negative contrast factor or a zero blur sigma gives NaN
+        or clipped garbage views and a silently ruined run.
+        """
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"view size must be an integer >= 1, got {self.size!r}")
+        lo, hi = self.crop_scale
+        _finite("crop_scale", lo, hi)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"view crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        rlo, rhi = self.crop_ratio
+        _finite("crop_ratio", rlo, rhi)
+        if not 0 < rlo <= rhi:
+            raise ValueError(f"view crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            p = getattr(self, name)
+            _finite(name, p)
+            if not 0 <= p <= 1:
+                raise ValueError(f"view {name} must be a probability in [0, 1], got {p}")
+        _finite("jitter", *self.jitter)
+        if min(self.jitter) < 0 or self.jitter[3] > 0.5:
+            raise ValueError(f"view jitter (brightness, contrast, saturation, hue) must be >= 0 with hue <= 0.5, "
+                             f"got {self.jitter}")
+        slo, shi = self.blur_sigma
+        _finite("blur_sigma", slo, shi)
+        if not 0 < slo <= shi:
+            raise ValueError(f"view blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+        if self.blur_kernel is not None and (not isinstance(self.blur_kernel, int) or self.blur_kernel < 0):
+            raise ValueError(f"view blur_kernel must be None or an integer >= 0, got {self.blur_kernel!r}")
+
     def kernel_size(self) -> int:
         k = self.blur_kernel if self.blur_kernel is not None else int(0.1 * self.size)
         return k if k % 2 == 1 else k + 1
+
+
+def _finite(name: str, *vals: float) -> None:
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+        raise ValueError(f"view {name} must be finite numbers, got {vals}")
 
 
 class ViewTransform:
     """Applies one :class:`ViewSpec` to a whole batch with per-sample random parameters."""
 
     def __init__(self, spec: ViewSpec, mean: Sequence[float], std: Sequence[float]) -> None:
-        check_view_spec(spec)
         self.spec = spec
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
@@ -102,7 +141,3 @@ def eval_view(size: int, mean: Sequence[float], std: Sequence[float]) -> ViewTra
     """No augmentation: resize (when needed) and normalise. Used for feature extraction."""
     return ViewTransform(ViewSpec(size=size, crop=False, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0), mean, std)
 
-
-def with_overrides(spec: ViewSpec, **kw) -> ViewSpec:
-    """``dataclasses.replace`` that ignores None values (config fields left unset)."""
-    return replace(spec, **{k: v for k, v in kw.items() if v is not None})

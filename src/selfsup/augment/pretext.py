@@ -2,8 +2,10 @@
 
 All work on normalised float batches ``(B, C, H, W)`` and draw randomness from an explicit ``torch.Generator``:
 
-- rotations of a batch (Gidaris et al. 2018),
-- a grid of tiles with gaps and random jitter (Doersch et al. 2015; Noroozi & Favaro 2016),
+- rotations of a batch (Gidaris et al. 2018), and one quarter turn per sample (SimCLR's rotation, Chen et al.
+  2020, Fig. 5),
+- a grid of tiles with gaps and random jitter (Doersch et al. 2015; Noroozi & Favaro 2016), and the gapless
+  3×3 jigsaw grid with per-sample tile permutations (PIRL, Misra & van der Maaten 2020),
 - permutation sets with a large minimum Hamming distance (Noroozi & Favaro 2016, Algorithm 1),
 - colour dropping and colour projection against chromatic aberration (Doersch et al. 2015, Sec. 3.1),
 - an overlapping patch grid (CPC, van den Oord et al. 2018; Hénaff et al. 2019).
@@ -42,12 +44,25 @@ def rotate_random(x: torch.Tensor, gen: torch.Generator | None = None) -> tuple[
     # drawn for the global batch under torchrun, this rank's rows kept (components/gather.py: rank_rows)
     labels = torch.randint(0, 4, (global_rows(x.shape[0]),), generator=gen, device=gen.device if gen else x.device)
     labels = rank_rows(labels, x.shape[0]).to(x.device)
-    out = x.clone()
-    for k in range(1, 4):
-        idx = (labels == k).nonzero().flatten()
-        if idx.numel():
-            out[idx] = torch.rot90(x[idx], k, dims=(2, 3))
-    return out, labels
+    return rotate90(x, labels), labels
+
+
+def sample_rotation(n: int, gen: torch.Generator | None, device: torch.device,
+                    choices: tuple[int, ...] = (0, 1, 2, 3)) -> torch.Tensor:
+    """Quarter turns ``(n,)`` drawn uniformly from ``choices`` (SimCLR rotates by one of 0/90/180/270°)."""
+    c = torch.tensor(choices, device=device)
+    return c[torch.randint(len(choices), (n,), generator=gen, device=device)]
+
+
+def rotate90(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Rotate sample i counter-clockwise by ``k[i]`` quarter turns (square images); one masked pass per k."""
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"rotate90 needs square images, got {tuple(x.shape[-2:])}")
+    out = x
+    for q in (1, 2, 3):
+        m = (k % 4 == q)[:, None, None, None]
+        out = torch.where(m, torch.rot90(x, q, dims=(-2, -1)), out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- tile grids
@@ -113,6 +128,53 @@ def normalize_tiles(tiles: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     mean = tiles.mean(dim=(-3, -2, -1), keepdim=True)
     std = tiles.std(dim=(-3, -2, -1), keepdim=True)
     return (tiles - mean) / (std + eps)
+
+
+# ------------------------------------------------------------------- gapless grids and tile permutations
+def jigsaw_tiles(x: torch.Tensor, grid: int = 3) -> torch.Tensor:
+    """(B, C, H, W) → (B, grid², C, H // grid, W // grid), tiles in row-major order.
+
+    When H or W is not a multiple of ``grid`` the remainder pixels are trimmed evenly from both borders.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"jigsaw_tiles expects images (B, C, H, W), got {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    th, tw = h // grid, w // grid
+    if th < 1 or tw < 1:
+        raise ValueError(f"images of {h}x{w} px are too small for a {grid}x{grid} jigsaw")
+    top, left = (h - th * grid) // 2, (w - tw * grid) // 2
+    x = x[:, :, top : top + th * grid, left : left + tw * grid]
+    t = x.reshape(b, c, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5)  # (B, gy, gx, C, th, tw)
+    return t.reshape(b, grid * grid, c, th, tw)
+
+
+def untile(tiles: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`jigsaw_tiles` for row-major tiles: (B, G², C, h, w) → (B, C, G·h, G·w)."""
+    b, n, c, th, tw = tiles.shape
+    grid = int(round(n ** 0.5))
+    if grid * grid != n:
+        raise ValueError(f"untile expects a square number of tiles, got {n}")
+    t = tiles.reshape(b, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5)
+    return t.reshape(b, c, grid * th, grid * tw)
+
+
+def random_permutations(batch: int, n: int, generator: torch.Generator | None = None,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+    """(batch, n) long: an independent uniformly random permutation of range(n) per row."""
+    return torch.rand(batch, n, generator=generator, device=device).argsort(dim=1)
+
+
+def permute_tiles(tiles: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """``out[b, j] = tiles[b, perm[b, j]]``: tiles (B, N, ...) reordered by per-sample permutations perm (B, N)."""
+    if perm.shape != tiles.shape[:2]:
+        raise ValueError(f"permutations {tuple(perm.shape)} do not match tiles {tuple(tiles.shape[:2])}")
+    idx = perm.reshape(*perm.shape, *([1] * (tiles.ndim - 2))).expand_as(tiles)
+    return tiles.gather(1, idx)
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """(B, N) → (B, N) with ``permute_tiles(permute_tiles(t, perm), inverse_permutation(perm)) == t``."""
+    return perm.argsort(dim=1)
 
 
 # ---------------------------------------------------------------------------------------- permutation sets

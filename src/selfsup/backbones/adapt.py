@@ -52,7 +52,7 @@ class ChannelSplitBackbone(Backbone):
         self.in_channels = first.in_channels + second.in_channels
         self.num_features = first.num_features + second.num_features
         self.stage_names = tuple(first.stage_names)
-        self.prefers_channels_last = getattr(first, "prefers_channels_last", False)
+        self.prefers_channels_last = first.prefers_channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.first(x[:, : self.split]), self.second(x[:, self.split:])], dim=1)
@@ -77,10 +77,14 @@ class InputTransformBackbone(Backbone):
         self.in_channels = data_channels
         self.num_features = inner.num_features
         self.stage_names = tuple(inner.stage_names)
-        self.prefers_channels_last = getattr(inner, "prefers_channels_last", False)
+        self.prefers_channels_last = inner.prefers_channels_last
+        self.supports_attention = inner.supports_attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(self.transform(x))
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.inner.forward_stages(self.transform(x))
+
+    def get_last_attention(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.get_last_attention(self.transform(x))

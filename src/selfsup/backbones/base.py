@@ -3,13 +3,48 @@
 A backbone maps images ``(B, C, H, W)`` to pooled features ``(B, num_features)`` in ``forward``; it names its
 intermediate stages in ``stage_names`` and returns them from ``forward_stages`` (used by layer-wise probes and
 dense methods). Token backbones (ViT) also return ``tokens``.
+
+What callers used to probe with ``hasattr`` or read from the class name is declared here, with defaults that
+subclasses override:
+
+- ``prefers_channels_last``: convolutions run faster in NHWC (ResNets, ConvNets); training and feature
+  extraction convert images and weights when it is set;
+- ``supports_attention`` and :meth:`Backbone.get_last_attention`: CLS → patch attention maps (ViTs);
+- ``export_key_names`` and :meth:`Backbone.export_state_dict`: the weights under another library's names
+  ("torchvision" for the ResNets, "timm" for the ViT; "selfsup": our own ``state_dict``);
+- :meth:`Backbone.layer_decay_groups` and ``layer_decay_rule``: parameter groups for layer-wise lr decay
+  (fine-tuning); the default treats top-level children as layers, ViTs group by transformer block.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+GENERIC_LAYER_DECAY = "generic (top-level children = depth)"
+
+
+def generic_layer_decay_groups(model: nn.Module, lr: float, decay: float, weight_decay: float = 0.0
+                               ) -> list[dict[str, Any]]:
+    """Param groups with ``lr · decay^(L-1-i)`` for the i-th of L top-level children that hold parameters.
+
+    Norms and biases (1-D parameters) get no weight decay. Works for any backbone whose children are listed
+    input-to-output (ResNet: conv1, bn1, layer1 … layer4; ConvNet: block1 … block4).
+    """
+    children = [(n, m) for n, m in model.named_children() if any(p.requires_grad for p in m.parameters())]
+    depth = len(children)
+    groups: list[dict[str, Any]] = []
+    for i, (_, m) in enumerate(children):
+        scale = decay ** (depth - 1 - i)
+        params = [p for p in m.parameters() if p.requires_grad]
+        groups.append({"params": [p for p in params if p.ndim > 1], "lr": lr * scale, "weight_decay": weight_decay})
+        groups.append({"params": [p for p in params if p.ndim <= 1], "lr": lr * scale, "weight_decay": 0.0})
+    direct = [p for p in model.parameters(recurse=False) if p.requires_grad]  # e.g. a ViT's cls token
+    if direct:
+        groups.append({"params": direct, "lr": lr * decay ** depth, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
 
 
 class Backbone(nn.Module):
@@ -18,6 +53,10 @@ class Backbone(nn.Module):
     num_features: int
     stage_names: tuple[str, ...] = ()
     in_channels: int = 3
+    prefers_channels_last: bool = False
+    supports_attention: bool = False
+    export_key_names: str = "selfsup"
+    layer_decay_rule: str = GENERIC_LAYER_DECAY
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named intermediate outputs, in order, plus ``"pooled"`` (B, num_features)."""
@@ -25,6 +64,18 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_stages(x)["pooled"]
+
+    def get_last_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's CLS → patch attention (B, heads, gh, gw); only where ``supports_attention``."""
+        raise NotImplementedError(f"{type(self).__name__} has no attention maps (supports_attention is False)")
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under the names ``export_key_names`` says (our own ``state_dict`` by default)."""
+        return self.state_dict()
+
+    def layer_decay_groups(self, lr: float, decay: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """Optimizer parameter groups whose lr decays by ``decay`` per layer from the top (``layer_decay_rule``)."""
+        return generic_layer_decay_groups(self, lr, decay, weight_decay)
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:

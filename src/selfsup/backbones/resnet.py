@@ -64,6 +64,7 @@ class ResNet(Backbone):
 
     stage_names = ("stem", "layer1", "layer2", "layer3", "layer4")
     prefers_channels_last = True
+    export_key_names = "torchvision"  # our parameter names are torchvision's
     layer1: nn.Sequential  # set in __init__ by name
     layer2: nn.Sequential
     layer3: nn.Sequential

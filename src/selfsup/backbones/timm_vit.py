@@ -15,12 +15,14 @@ import torch
 from ..errors import ConfigError
 from ..registry import BACKBONES
 from .base import Backbone, BackboneSpec
-from .vit import ViT, default_patch_size
+from .vit import ViT, block_layer_decay_groups, default_patch_size
 
 
 class TimmViT(Backbone):
     """A timm ``VisionTransformer`` behind our ViT's protocol (module docstring)."""
 
+    supports_attention = True
+    layer_decay_rule = "vit_layer_decay_groups"
     model: Any  # timm's model: its submodules are reached by name, untyped
 
     def __init__(self, model: Any, patch_size: int, in_channels: int) -> None:
@@ -37,6 +39,9 @@ class TimmViT(Backbone):
     def grid_for(self, x: torch.Tensor) -> tuple[int, int]:
         """The patch grid of ``x``: the same geometry and the same one-line error as our ViT."""
         return ViT.grid_for(self, x)  # type: ignore[arg-type]  # reads only patch_size and in_channels
+
+    def layer_decay_groups(self, lr: float, decay: float, weight_decay: float = 0.0) -> list[dict]:
+        return block_layer_decay_groups(self, self.depth, lr, decay, weight_decay=weight_decay)
 
     def embed(self, x: torch.Tensor, *, keep: torch.Tensor | None = None, mask: torch.Tensor | None = None,
               mask_token: torch.Tensor | None = None) -> torch.Tensor:

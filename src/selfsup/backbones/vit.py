@@ -12,7 +12,8 @@ and the last block's attention for visualisation.
   (replace masked patch embeddings); ``get_last_attention(x)`` → CLS → patch attention (B, heads, gh, gw).
 
 Sizes (embed dim / depth / heads): ``vit-tiny`` 192/12/3, ``vit-small`` 384/12/6, ``vit`` ViT-B's depth 12 with
-``12·width`` heads of 64 (width 1 → ViT-B 768, 0.5 → ViT-S, 0.25 → ViT-T), ``vit-test`` 32/2/2 (tests only).
+``12·width`` heads of 64 (width 1 → ViT-B 768, 0.5 → ViT-S, 0.25 → ViT-T). The tests register their own tiny
+size (``vit-test``, 32/2/2) in ``tests/conftest.py`` with :func:`vit_factory`.
 """
 from __future__ import annotations
 
@@ -104,6 +105,9 @@ class ViT(Backbone):
     """A ViT encoder; see the module docstring. ``image_size`` sets the grid the parameters are built for;
     other sizes divisible by ``patch_size`` work too (position embeddings follow the grid)."""
     pos_embed: torch.Tensor
+
+    supports_attention = True
+    layer_decay_rule = "vit_layer_decay_groups"
 
     def __init__(self, *, image_size: int = 32, patch_size: int | None = None, in_channels: int = 3,
                  dim: int = 192, depth: int = 12, heads: int = 3, mlp_ratio: float = 4.0,
@@ -210,6 +214,9 @@ class ViT(Backbone):
         out["pooled"] = self.pool_tokens(t)
         return out
 
+    def layer_decay_groups(self, lr: float, decay: float, weight_decay: float = 0.0) -> list[dict]:
+        return vit_layer_decay_groups(self, lr, decay, weight_decay=weight_decay)
+
     # -- export ---------------------------------------------------------------------------------------
     export_key_names = "timm"
 
@@ -254,9 +261,16 @@ def vit_layer_decay_groups(model: nn.Module, lr: float, decay: float, *, weight_
     vits = [m for m in model.modules() if isinstance(m, ViT)]
     if not vits:
         raise ConfigError(f"layer-wise lr decay needs a ViT backbone, got {type(model).__name__}")
+    return block_layer_decay_groups(model, vits[0].depth, lr, decay, weight_decay=weight_decay,
+                                    exclude_norm_bias=exclude_norm_bias)
+
+
+def block_layer_decay_groups(model: nn.Module, depth: int, lr: float, decay: float, *, weight_decay: float = 0.0,
+                             exclude_norm_bias: bool = True) -> list[dict]:
+    """:func:`vit_layer_decay_groups` for any module whose transformer blocks are named ``blocks.<i>.`` (our
+    ViT, timm's): ``depth`` blocks, patch embedding / CLS / position embeddings below them."""
     if not 0.0 < decay <= 1.0:
         raise ConfigError(f"layer decay must be in (0, 1], got {decay}")
-    depth = vits[0].depth
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -278,7 +292,8 @@ def vit_layer_decay_groups(model: nn.Module, lr: float, decay: float, *, weight_
     return [groups[k] for k in sorted(groups)]
 
 
-def _factory(dim: int, depth: int, heads: int, *, scale_heads: int | None = None):
+def vit_factory(dim: int, depth: int, heads: int, *, scale_heads: int | None = None):
+    """A registry factory ``BackboneSpec -> ViT`` of a fixed size (``scale_heads``: heads = round(that · width))."""
     def make(spec: BackboneSpec) -> ViT:
         h, d = heads, dim
         if scale_heads is not None:  # `vit`: width scales the number of 64-d heads
@@ -290,10 +305,8 @@ def _factory(dim: int, depth: int, heads: int, *, scale_heads: int | None = None
 
 
 BACKBONES.register("vit-tiny", help="ViT-Tiny: dim 192, depth 12, 3 heads; patch from backbone.patch_size")(
-    _factory(192, 12, 3))
+    vit_factory(192, 12, 3))
 BACKBONES.register("vit-small", help="ViT-Small: dim 384, depth 12, 6 heads; patch from backbone.patch_size")(
-    _factory(384, 12, 6))
+    vit_factory(384, 12, 6))
 BACKBONES.register("vit", help="ViT, depth 12, round(12·width) heads of 64 (width 1 = ViT-B, 0.25 = ViT-T)")(
-    _factory(768, 12, 12, scale_heads=12))
-BACKBONES.register("vit-test", help="tests only: a 2-block ViT, dim 32, 2 heads (width ignored)")(
-    _factory(32, 2, 2))
+    vit_factory(768, 12, 12, scale_heads=12))

@@ -1,14 +1,19 @@
 """A running class histogram: the empirical prior over quantised targets (colorization's ab bins).
 
 Zhang et al. 2016 estimate the ab-bin prior once on ImageNet; here it is accumulated from the targets seen in
-training (updated inside the method's forward, because it is part of the loss), so any dataset works without a
-preparatory pass. The counts are a buffer: checkpoints and resumed runs keep them.
+training, so any dataset works without a preparatory pass. The counts are a buffer: checkpoints and resumed runs
+keep them.
+
+Like every shared part, the prior changes only in ``after_step``: ``forward`` :meth:`~ClassPrior.observe` s the
+batch's targets, and :meth:`~ClassPrior.probs` already includes what was observed in this step (the loss of step t
+is rebalanced with the targets of steps <= t, including every micro-batch so far under gradient accumulation);
+the engine's ``after_step`` commits the staged counts.
 """
 from __future__ import annotations
 
 import torch
 
-from .base import SharedPart
+from .base import SharedPart, StepContext
 from .gather import all_reduce_sum_
 
 
@@ -19,14 +24,26 @@ class ClassPrior(SharedPart):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.register_buffer("counts", torch.zeros(num_classes))
+        self._staged: torch.Tensor | None = None  # counts including this step's targets; not checkpointed
 
     @torch.no_grad()
-    def update(self, targets: torch.Tensor) -> None:
-        """Add target distributions ``(N, Q)`` (rows sum to 1) to the histogram."""
-        self.counts += all_reduce_sum_(targets.detach().float().sum(dim=0))  # torchrun: every rank's targets
+    def observe(self, targets: torch.Tensor) -> None:
+        """Stage target distributions ``(N, Q)`` (rows sum to 1); :meth:`after_step` adds them to ``counts``."""
+        base = self.counts if self._staged is None else self._staged
+        self._staged = base + all_reduce_sum_(targets.detach().float().sum(dim=0))  # torchrun: every rank's targets
+
+    def after_step(self, ctx: StepContext) -> None:
+        if self._staged is not None:
+            self.counts.copy_(self._staged)
+            self._staged = None
+
+    def discard_staged(self) -> None:
+        """A skipped step: its targets never reach the counts."""
+        self._staged = None
 
     def probs(self) -> torch.Tensor:
-        """The prior (Q,); uniform before any update."""
-        total = self.counts.sum()
-        uniform = torch.full_like(self.counts, 1.0 / self.counts.numel())
-        return torch.where(total > 0, self.counts / total.clamp_min(1e-12), uniform)  # no host sync
+        """The prior (Q,) with this step's observations; uniform before any."""
+        counts = self.counts if self._staged is None else self._staged
+        total = counts.sum()
+        uniform = torch.full_like(counts, 1.0 / counts.numel())
+        return torch.where(total > 0, counts / total.clamp_min(1e-12), uniform)  # no host sync

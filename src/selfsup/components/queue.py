@@ -1,10 +1,17 @@
-"""A FIFO queue of feature vectors (MoCo's keys, SwAV's stored projections)."""
+"""A FIFO queue of feature vectors (MoCo's keys, SwAV's stored projections).
+
+A method reads the queue in ``forward`` and :meth:`FeatureQueue.stage` s the batch's rows; the engine's
+``after_step`` (after the optimizer step) pushes them, in the order staged. Step t therefore contrasts with the
+rows of steps < t, as when the method pushed right after its loss, and a forward pass alone (a monitor, an
+evaluation) never changes the queue. Several micro-batches of one step (gradient accumulation) all see the queue
+as it was at the start of the step and enter it together, in order, as one batch of their size would.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .base import SharedPart
+from .base import SharedPart, StepContext
 
 
 class FeatureQueue(SharedPart):
@@ -28,6 +35,7 @@ class FeatureQueue(SharedPart):
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("ids", torch.full((size,), -1, dtype=torch.long))
+        self._staged: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # not checkpointed: empty after a step
 
     @property
     def size(self) -> int:
@@ -44,6 +52,21 @@ class FeatureQueue(SharedPart):
         self.ids[idx] = ids.to(self.ids) if ids is not None else -1
         self.ptr.copy_((self.ptr + b) % self.size)
         self.filled.copy_(torch.clamp(self.filled + b, max=self.size))
+
+    def stage(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """Remember rows ``x`` (B, dim) (and ``ids``) for :meth:`after_step`, which pushes them."""
+        if x.shape[0] > self.size:
+            raise ValueError(f"cannot push {x.shape[0]} rows into a queue of size {self.size}")
+        self._staged.append((x.detach(), ids.detach() if ids is not None else None))
+
+    def after_step(self, ctx: StepContext) -> None:
+        staged, self._staged = self._staged, []
+        for x, ids in staged:
+            self.push(x, ids)
+
+    def discard_staged(self) -> None:
+        """A skipped step: its rows never reach the queue."""
+        self._staged = []
 
     def valid(self) -> torch.Tensor:
         """The rows written so far (all rows once the queue is full)."""

@@ -2,25 +2,25 @@
 
 A checkpoint holds the method's state (backbone, heads, shared parts), the optimizer, the step, the RNG
 states and the resolved config. Loading never executes code: ``torch.load(weights_only=True)`` refuses
-pickled objects, and we turn that refusal into a one-line error. A save that fails (a full disk, an I/O error)
-is a one-line :class:`CheckpointError` saying that the checkpoints written before are intact (they are: the new
-one goes to a temp file that is removed).
+pickled objects, and we turn that refusal into a one-line error. Reading lives one layer down, in
+:mod:`selfsup.checkpoints`, so that methods (BEiT's tokenizer) can load a run without importing the engine. A
+save that fails (a full disk, an I/O error) is a one-line :class:`CheckpointError` saying that the checkpoints
+written before are intact (they are: the new one goes to a temp file that is removed).
 """
 from __future__ import annotations
 
 import errno
 import os
-import pickle
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..checkpoints import load_checkpoint
+from ..errors import CheckpointError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read safely; the message names the file."""
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 
 def fsync_path(path: str | Path) -> None:
@@ -78,22 +78,3 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         raise
     fsync_path(path.parent)
     return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``; anything that would need code execution is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:  # the pickle imports and calls something: a code-execution attempt or a foreign object
-            raise CheckpointError(f"{path}: refused to load, it contains objects that would execute code "
-                                  f"(it imports {found.group(1)}); selfsup loads tensors and plain data only") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-        reason = detail.group(1).strip() if detail else (str(e).strip().splitlines() or ["unpickling failed"])[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
-    except Exception as e:  # truncated zip, not a checkpoint, ...
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

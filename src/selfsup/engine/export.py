@@ -8,8 +8,9 @@ or the teacher for methods that evaluate their teacher), from the run's newest r
   ``nn.Identity()`` (there is no classifier: self-supervised training has none). With ``cifar_stem`` also
   replace ``conv1`` by a 3x3 stride-1 convolution and ``maxpool`` by ``nn.Identity()``. Only width 1 matches
   torchvision's layer shapes; other widths export with the same key names and the metadata records the width.
-- A backbone may define ``export_state_dict()`` returning its weights under another library's names (a ViT
-  mapping to timm's) and ``export_key_names`` naming that convention; the default is ``state_dict()``.
+- A backbone declares ``export_key_names`` and ``export_state_dict()`` (:class:`~selfsup.backbones.base.Backbone`):
+  the ResNets say "torchvision", the ViT maps its weights to timm's names ("timm"), every other backbone
+  exports its ``state_dict()`` ("selfsup").
 
 Metadata (architecture, width, stem, input channels, feature size, image size, normalisation mean/std, method,
 step) goes in the safetensors header under the key ``selfsup`` as JSON, or in ``FILE.json`` beside a ``.pt``.
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..backbones.base import Backbone
 from ..config import build_run_config
 from ..methods.base import Method
 from .build import build_method_for, build_run
@@ -48,23 +50,17 @@ def rebuild_method(ckpt: dict[str, Any]) -> Method:
     return method.eval()
 
 
-def backbone_weights(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
+def backbone_weights(backbone: Backbone) -> dict[str, torch.Tensor]:
     """Plain contiguous CPU tensors, one storage each (safetensors refuses shared storage)."""
-    fn = getattr(backbone, "export_state_dict", None)
-    sd = fn() if callable(fn) else backbone.state_dict()
+    sd = backbone.export_state_dict()
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
 
 
-def key_names(backbone: torch.nn.Module) -> str:
-    from ..backbones.resnet import ResNet
-
-    named = getattr(backbone, "export_key_names", None)
-    if named:
-        return str(named)
-    return "torchvision" if isinstance(backbone, ResNet) else "selfsup"
+def key_names(backbone: Backbone) -> str:
+    return backbone.export_key_names
 
 
-def export_metadata(ckpt: dict[str, Any], backbone: torch.nn.Module) -> dict[str, Any]:
+def export_metadata(ckpt: dict[str, Any], backbone: Backbone) -> dict[str, Any]:
     cfg = ckpt["config"]
     info = ckpt.get("data") or {}
     names = key_names(backbone)

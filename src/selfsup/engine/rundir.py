@@ -9,14 +9,14 @@ import json
 import math
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from ..errors import RunDirError
-from .checkpoint import CheckpointError, fsync_path, load_checkpoint
+from ..checkpoints import CHECKPOINT_DIR, latest_checkpoint, list_checkpoints
+from ..errors import CheckpointError, RunDirError
+from .checkpoint import fsync_path, load_checkpoint
 from .lock import RunLock
 from .nonfinite import tensors_finite
 
@@ -24,7 +24,6 @@ __all__ = ["RunDirError", "CHECKPOINT_DIR", "prepare_run_dir", "write_config", "
            "list_checkpoints", "latest_checkpoint", "prune_checkpoints", "truncate_metrics", "strict_json",
            "checkpoint_is_finite"]
 
-CHECKPOINT_DIR = "checkpoints"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "run.json", "eval.json", "resumes.jsonl", CHECKPOINT_DIR, "tb",
              "features")
 
@@ -101,30 +100,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINT_DIR / f"step-{step:08d}.pt"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints of a run, newest first."""
-    d = Path(run_dir) / CHECKPOINT_DIR
-    return sorted(d.glob("step-*.pt"), reverse=True) if d.is_dir() else []
-
-
-def latest_checkpoint(run_dir: str | Path, *, verify: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint that loads; a damaged one is skipped with a warning."""
-    cands = list_checkpoints(run_dir)
-    if not cands:
-        raise RunDirError(f"{run_dir}: no checkpoint found (expected {CHECKPOINT_DIR}/step-*.pt); "
-                          "pretrain first with `selfsup pretrain --out` this directory")
-    errors = []
-    for p in cands:
-        try:
-            return p, load_checkpoint(p)
-        except CheckpointError as e:
-            if not verify:
-                raise
-            errors.append(str(e))
-            warnings.warn(f"skipping damaged checkpoint {p.name}: {e}", stacklevel=2)
-    raise RunDirError(f"{run_dir}: no readable checkpoint ({errors[0]})")
 
 
 def prune_checkpoints(run_dir: Path, keep: int = 2, *, newest_finite: bool = True,

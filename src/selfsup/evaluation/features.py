@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..augment.pipeline import eval_view
+from ..backbones.base import Backbone
 from ..data.base import ImageSplit
 
 
@@ -22,7 +23,7 @@ def extract_features(backbone: nn.Module, split: ImageSplit, mean, std, device: 
     view = eval_view(split.image_size[0], mean, std)
     feats, labels = [], []
     seen = 0
-    channels_last = getattr(backbone, "prefers_channels_last", False)
+    channels_last = isinstance(backbone, Backbone) and backbone.prefers_channels_last  # any encoder module works
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
     for x, _, y in split.batches(batch_size, shuffle=False):

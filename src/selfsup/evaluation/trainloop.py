@@ -5,9 +5,10 @@ SGD + Nesterov momentum and a cosine schedule, on batches augmented with a rando
 (the standard linear-evaluation augmentation), and returns the test top-1. A frozen backbone runs in eval
 mode under ``no_grad`` (its BatchNorm statistics do not move), a trained one in train mode.
 
-Layer-wise learning-rate decay (BEiT/MAE fine-tuning) goes through :func:`layer_decay_groups`: ViTs use
-``backbones.vit.vit_layer_decay_groups`` when that module exists; every other backbone gets a generic rule
-(top-level children in registration order = depth, the last one gets the full rate).
+Layer-wise learning-rate decay (BEiT/MAE fine-tuning) uses the groups the backbone declares
+(:meth:`~selfsup.backbones.base.Backbone.layer_decay_groups`): ViTs group by transformer block
+(``backbones.vit.vit_layer_decay_groups``); every other backbone gets the generic rule (top-level children in
+registration order = depth, the last one gets the full rate).
 """
 from __future__ import annotations
 
@@ -19,44 +20,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment.pipeline import ViewSpec, ViewTransform, eval_view
+from ..backbones.base import GENERIC_LAYER_DECAY, Backbone, generic_layer_decay_groups
 from ..data.base import ImageSplit
 
-
-def generic_layer_decay_groups(model: nn.Module, lr: float, decay: float, weight_decay: float = 0.0
-                               ) -> list[dict[str, Any]]:
-    """Param groups with ``lr · decay^(L-1-i)`` for the i-th of L top-level children that hold parameters.
-
-    Norms and biases (1-D parameters) get no weight decay. Works for any backbone whose children are listed
-    input-to-output (ResNet: conv1, bn1, layer1 … layer4; ConvNet: block1 … block4).
-    """
-    children = [(n, m) for n, m in model.named_children() if any(p.requires_grad for p in m.parameters())]
-    depth = len(children)
-    groups: list[dict[str, Any]] = []
-    for i, (_, m) in enumerate(children):
-        scale = decay ** (depth - 1 - i)
-        params = [p for p in m.parameters() if p.requires_grad]
-        groups.append({"params": [p for p in params if p.ndim > 1], "lr": lr * scale, "weight_decay": weight_decay})
-        groups.append({"params": [p for p in params if p.ndim <= 1], "lr": lr * scale, "weight_decay": 0.0})
-    direct = [p for p in model.parameters(recurse=False) if p.requires_grad]  # e.g. a ViT's cls token
-    if direct:
-        groups.append({"params": direct, "lr": lr * decay ** depth, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+__all__ = ["generic_layer_decay_groups", "layer_decay_groups", "train_classifier", "evaluate_classifier"]
 
 
 def layer_decay_groups(model: nn.Module, lr: float, decay: float, weight_decay: float = 0.0
                        ) -> tuple[list[dict[str, Any]], str]:
-    """(param groups, name of the rule used). ViTs use the ViT helper when it is importable."""
-    if "vit" in type(model).__name__.lower():
-        try:
-            from ..backbones.vit import vit_layer_decay_groups  # written alongside the ViT backbone
-        except ImportError:
-            pass
-        else:
-            groups = vit_layer_decay_groups(model, lr, decay)
-            for g in groups:
-                g.setdefault("weight_decay", weight_decay)
-            return groups, "vit_layer_decay_groups"
-    return generic_layer_decay_groups(model, lr, decay, weight_decay), "generic (top-level children = depth)"
+    """(param groups, name of the rule used): a backbone's declared groups, the generic rule for other modules."""
+    if isinstance(model, Backbone):
+        return model.layer_decay_groups(lr, decay, weight_decay), model.layer_decay_rule
+    return generic_layer_decay_groups(model, lr, decay, weight_decay), GENERIC_LAYER_DECAY
 
 
 class _Classifier(nn.Module):

@@ -17,7 +17,6 @@ from ..config_checks import checked, dim
 from ..heads.mlp import projection_head
 from ..losses.redundancy import barlow_twins_loss
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
-from .byol import check_two_views
 
 
 @dataclass
@@ -36,6 +35,8 @@ class ProjectedPairMethod(Method):
     """Shared body of the redundancy-reduction methods (Barlow Twins, VICReg): one backbone pass over both
     views, one projector built from the config's ``proj_hidden_dim``/``proj_dim``/``proj_layers``."""
 
+    n_views = 2
+
     def __init__(self, backbone, cfg=None, **kw) -> None:
         super().__init__(backbone, cfg, **kw)
         c = self.cfg
@@ -43,7 +44,6 @@ class ProjectedPairMethod(Method):
 
     def project(self, batch: ViewBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(h of the first view (B, D), z1 (B, P), z2 (B, P)) of this rank's batch."""
-        check_two_views(batch.views, self.method_name())
         h = self.backbone(torch.cat(batch.views))
         z1, z2 = self.projector(h).chunk(2)
         return h[: z1.shape[0]], z1, z2

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..augment.pipeline import MultiViewPipeline
-from ..augment.presets import build_pipeline
+from ..augment.presets import ViewOverrides, build_pipeline
 from ..backbones.base import Backbone
 from ..components.base import StepContext
 from ..config import AugmentConfig, MethodConfig, from_dict, to_plain
@@ -47,7 +47,18 @@ class MethodOutput:
 
 
 class Method(nn.Module):
-    """Base class. Subclasses set ``Config``, ``default_augment``, ``base_lr`` and implement ``forward``."""
+    """Base class. Subclasses set ``Config``, ``default_augment``, ``base_lr`` and implement ``forward``.
+
+    The contract a subclass declares instead of checking by hand:
+
+    - ``n_views``: the number of views a batch must hold (None: any number, at least ``min_views``);
+      ``needs_index``: the batch must carry the images' dataset indices (memory banks). :meth:`check_batch`
+      enforces both before every ``forward`` (a forward pre-hook, so the engine, a user's loop and the tests all
+      go through it).
+    - shared parts (:class:`~selfsup.components.base.SharedPart`: EMA teachers, queues, memory banks, centers,
+      priors) only *stage* in ``forward``; their state changes in ``after_step``, which the engine (or
+      :func:`~selfsup.components.base.update_parts`) calls after the optimizer step.
+    """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig  # register_method gives each method its own
     default_augment: ClassVar[str] = "simclr"
@@ -57,35 +68,51 @@ class Method(nn.Module):
     supports_multicrop: ClassVar[bool] = False
     # under torchrun: BatchNorm statistics over the global batch (engine/distributed.py; train.sync_bn overrides)
     needs_sync_bn: ClassVar[bool] = False
+    n_views: ClassVar[int | None] = None  # exactly this many views per batch; None: any number >= min_views
+    min_views: ClassVar[int] = 1
+    needs_index: ClassVar[bool] = False  # ViewBatch.index must be set (the dataset indices address a memory bank)
 
     def __init__(self, backbone: Backbone, cfg: Any = None, *, num_train: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.cfg = cfg if cfg is not None else self.Config()
         self.num_train = num_train
+        self.register_forward_pre_hook(_check_batch_hook, with_kwargs=True)
+
+    def check_batch(self, batch: ViewBatch) -> None:
+        """Raise ``ValueError`` for a batch this method cannot take; runs before every ``forward``.
+
+        The default checks the declared ``n_views`` / ``min_views`` and ``needs_index``; subclasses extend it
+        (calling ``super().check_batch(batch)``) with checks of their own, e.g. the batch size a queue needs.
+        """
+        n, name = len(batch.views), self.method_name()
+        if self.n_views is not None and n != self.n_views:
+            raise ValueError(f"{name} expects {_views(self.n_views)}, got {n} "
+                             "(check augment.n_views, augment.local_crops and augment.preset)")
+        if n < self.min_views:
+            raise ValueError(f"{name} expects at least {_views(self.min_views)} (global crops first), got {n}")
+        if self.needs_index and batch.index is None:
+            raise ValueError(f"{name} needs the images' dataset indices (ViewBatch.index) to address its memory bank")
 
     def make_views(self, image_size: int, mean: Sequence[float], std: Sequence[float],
                    augment: AugmentConfig | None = None) -> MultiViewPipeline:
         """The view pipeline this method trains with (its default preset, overridable by ``augment``)."""
-        aug = augment or AugmentConfig()
-        if (aug.local_crops or 0) > 0 and not self.supports_multicrop:
+        overrides = ViewOverrides.of(augment)  # the config section → augment/'s own overrides object
+        if (overrides.local_crops or 0) > 0 and not self.supports_multicrop:
             raise ConfigError(f"augment.local_crops: method '{self.method_name()}' does not support multi-crop")
-        pipe = build_pipeline(aug, self.default_augment, image_size, mean, std)
-        if aug.n_views is not None or aug.preset not in (None, self.default_augment):
-            self._check_view_count(pipe, aug, build_pipeline(AugmentConfig(), self.default_augment, image_size,
-                                                             mean, std))
+        pipe = build_pipeline(overrides, self.default_augment, image_size, mean, std)
+        self._check_view_count(len(pipe.specs), overrides)
         return pipe
 
-    def _check_view_count(self, pipe: MultiViewPipeline, aug: AugmentConfig, default: MultiViewPipeline) -> None:
-        """A method takes the number of global views its default preset makes (multi-crop methods: at least
-        that many, local crops besides). ``augment.n_views`` or another preset that changes it is refused here,
-        before any training, rather than as an error inside the first forward pass."""
-        want, got = _global_views(default), _global_views(pipe)
-        if got == want or (self.supports_multicrop and got > want):
+    def _check_view_count(self, n: int, overrides: ViewOverrides) -> None:
+        """The declared ``n_views``/``min_views`` against the views the augment section makes: refused here,
+        before any training, rather than by :meth:`check_batch` inside the first forward pass."""
+        if (self.n_views is None or n == self.n_views) and n >= self.min_views:
             return
-        takes = f"at least {want}" if self.supports_multicrop else str(want)
-        raise ConfigError(f"augment.n_views: method '{self.method_name()}' takes {takes} view(s), the augment "
-                          f"section (preset {aug.preset or self.default_augment}, n_views {aug.n_views}) makes {got}")
+        takes = _views(self.n_views) if self.n_views is not None else f"at least {_views(self.min_views)}"
+        raise ConfigError(f"augment.n_views: method '{self.method_name()}' takes {takes}, the augment section "
+                          f"(preset {overrides.preset or self.default_augment}, n_views {overrides.n_views}) "
+                          f"makes {n}")
 
     def eval_backbone(self) -> Backbone:
         """The encoder whose features are evaluated (the online/student backbone by default)."""
@@ -108,9 +135,12 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
-def _global_views(pipe: MultiViewPipeline) -> int:
-    """Views at the first view's size: the global crops (local crops are smaller, see augment/multicrop.py)."""
-    return sum(s.size == pipe.specs[0].size for s in pipe.specs)
+def _views(n: int) -> str:
+    return f"{n} view{'s' if n != 1 else ''}"
+
+
+def _check_batch_hook(method: Method, args: tuple, kwargs: dict) -> None:
+    method.check_batch(args[0] if args else kwargs["batch"])
 
 
 def build_method(name: str | MethodConfig, backbone: Backbone, config: dict[str, Any] | MethodConfig | None = None,

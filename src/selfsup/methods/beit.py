@@ -16,12 +16,11 @@ import torch
 from torch import nn
 
 from ..augment.masking import block_masking
+from ..checkpoints import latest_checkpoint, load_checkpoint
 from ..components.base import StepContext
 from ..components.gather import global_rows, rank_rows
 from ..components.tokenizer import VQTokenizer
 from ..config_checks import DIM_CAP, checked
-from ..engine.checkpoint import load_checkpoint
-from ..engine.rundir import latest_checkpoint
 from ..errors import ConfigError
 from ..losses.masked import masked_cross_entropy
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method

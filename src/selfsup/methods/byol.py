@@ -24,12 +24,6 @@ from ..losses.distillation import normalized_mse
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 
 
-def check_two_views(views: list, method: str) -> None:
-    if len(views) != 2:
-        raise ValueError(f"{method} expects 2 views, got {len(views)} (it does not use multi-crop; "
-                         "check augment.n_views, augment.local_crops and augment.preset)")
-
-
 @dataclass
 class BYOLConfig(MethodConfig):
     proj_hidden_dim: int = dim(4096)
@@ -46,6 +40,7 @@ class BYOL(Method):
 
     Config = BYOLConfig
     default_augment = "byol"
+    n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"
     base_lr = 1.0
@@ -63,7 +58,6 @@ class BYOL(Method):
                                  Cosine(c.momentum_base, c.momentum_final))
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        check_two_views(batch.views, "byol")
         x = torch.cat(batch.views)
         h = self.backbone(x)
         p1, p2 = self.predictor(self.projector(h)).chunk(2)

@@ -65,6 +65,7 @@ class DINO(Method):
 
     Config = DINOConfig
     default_augment = "multicrop"
+    min_views = 2  # global crops first, then local crops
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"
     base_lr = 0.3
@@ -86,8 +87,6 @@ class DINO(Method):
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         ctx = ctx or StepContext()
         views = batch.views
-        if len(views) < 2:
-            raise ValueError(f"dino expects at least 2 views (global crops first), got {len(views)}")
         n_global = count_global_views(views)
         freeze = ctx.epoch < self.cfg.freeze_last_layer_epochs
         student, first_h = [], None

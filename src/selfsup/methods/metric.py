@@ -48,6 +48,7 @@ class MetricLearning(Method):
 
     Config = MetricConfig
     default_augment = "simclr"
+    n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as SimCLR
     base_lr = 0.3
     default_weight_decay = 1e-4
@@ -71,8 +72,6 @@ class MetricLearning(Method):
         return info_nce(a, p, torch.arange(a.shape[0], device=a.device), c.temperature)
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        if len(batch.views) != 2:
-            raise ValueError(f"metric expects 2 views, got {len(batch.views)} (augment.n_views)")
         h = self.backbone(torch.cat(batch.views))  # one pass over both views, as SimCLR
         z1, z2 = self.projector(h).chunk(2)
         # negatives from every rank: the same global loss on each rank (components/gather.py explains the scaling)

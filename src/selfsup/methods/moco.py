@@ -3,7 +3,7 @@
 A query encoder (backbone + projection) is trained with InfoNCE: the query q of view 1 must pick its key k⁺
 (view 2 through the momentum key encoder) out of k⁺ and the K keys of a FIFO queue of past batches. The key
 encoder follows the query encoder by ``θ_k ← m·θ_k + (1 − m)·θ_q`` after each step (an :class:`EMATeacher`);
-the queue (a :class:`FeatureQueue`) receives the batch's keys after the loss. v2 = v1 + MLP head, the SimCLR
+the queue (a :class:`FeatureQueue`) receives the batch's keys after the step. v2 = v1 + MLP head, the SimCLR
 augmentation with blur, τ = 0.2 (the cosine learning-rate schedule is the engine's default for every method).
 
 Batch-norm leakage. Keys and queries of the same batch share BN statistics, which lets the model tell the
@@ -86,6 +86,7 @@ class MoCo(Method):
 
     Config = MoCoConfig
     default_augment = "moco-v1"
+    n_views = 2
     needs_sync_bn = True  # under torchrun: the BN groups of bn_splits span the global batch, as in one process
     base_lr = 0.03  # SGD at batch 256, as in the paper
     default_weight_decay = 1e-4
@@ -114,6 +115,10 @@ class MoCo(Method):
         if batch_size % c.bn_splits or batch_size // c.bn_splits < 2:
             raise ConfigError(f"method.bn_splits ({c.bn_splits}) must divide the per-process batch size "
                               f"({batch_size}) into groups of at least 2 images")
+
+    def check_batch(self, batch: ViewBatch) -> None:
+        super().check_batch(batch)
+        self.check_batch_size(batch.views[0].shape[0])
 
     def _query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = forward_in_splits(self.backbone, x, self.cfg.bn_splits)
@@ -152,10 +157,7 @@ class MoCo(Method):
         return info_nce(q.float(), keys, positive, self.cfg.temperature, mask=mask)
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        if len(batch.views) != 2:
-            raise ValueError(f"{self.method_name()} expects 2 views, got {len(batch.views)} (augment.n_views)")
         x1, x2 = batch.views
-        self.check_batch_size(x1.shape[0])
         q1, h1 = self._query(x1)
         k2 = self._key(x2)  # every rank's keys
         loss = self._contrast(q1, k2, batch.index)
@@ -167,7 +169,7 @@ class MoCo(Method):
             loss = 0.5 * (loss + self._contrast(q2, k1, batch.index))
             keys = torch.cat([k2, k1])
             ids = torch.cat([ids, ids]) if ids is not None else None
-        self.queue.push(keys, ids)  # after the loss: the current keys are not their own negatives
+        self.queue.stage(keys, ids)  # enqueued after the step: the current keys are not their own negatives
         logs = {"pos_cos": (q1.detach().float() * rank_rows(k2, q1.shape[0]).float()).sum(1).mean()}
         return MethodOutput(loss=loss, logs=logs, embedding=h1.detach())
 

@@ -55,6 +55,7 @@ class MoCoV3(Method):
 
     Config = MoCoV3Config
     default_augment = "moco-v3"
+    n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper (SyncBN)
     default_optimizer = "sgd"  # the paper uses LARS at batch 4096; SGD suits batch 256 (see docs/contrastive.md)
     base_lr = 0.3
@@ -70,8 +71,6 @@ class MoCoV3(Method):
                                       momentum_schedule(c.momentum, c.momentum_end))
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        if len(batch.views) != 2:
-            raise ValueError(f"moco-v3 expects 2 views, got {len(batch.views)} (augment.n_views)")
         x1, x2 = batch.views
         h1, h2 = self.backbone(x1), self.backbone(x2)
         q1, q2 = self.predictor(self.projector(h1)), self.predictor(self.projector(h2))

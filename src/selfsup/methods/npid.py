@@ -82,6 +82,8 @@ class NPID(Method):
 
     Config = NPIDConfig
     default_augment = "instdisc"
+    n_views = 1
+    needs_index = True
     base_lr = 0.03
     default_weight_decay = 5e-4  # the paper's value
     test_overrides = {"num_negatives": 16}
@@ -94,10 +96,6 @@ class NPID(Method):
         self.criterion = BankLoss(c.loss, c.temperature)
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        if len(batch.views) != 1:
-            raise ValueError(f"npid expects 1 view, got {len(batch.views)} (augment.n_views)")
-        if batch.index is None:
-            raise ValueError("npid needs the images' dataset indices (ViewBatch.index) to address its memory bank")
         h = self.backbone(batch.views[0])
         f = F.normalize(self.projector(h), dim=1)
         idx = batch.index

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..augment.jigsaw import jigsaw_tiles, permute_tiles, random_permutations
+from ..augment.pretext import jigsaw_tiles, permute_tiles, random_permutations
 from ..components.base import StepContext
 from ..components.gather import global_rows, rank_rows
 from ..components.memory_bank import MemoryBank
@@ -48,6 +48,8 @@ class PIRL(Method):
 
     Config = PIRLConfig
     default_augment = "moco-v1"  # PIRL uses the InstDisc augmentation for I
+    n_views = 2  # the image, and the source of its jigsaw tiles
+    needs_index = True
     base_lr = 0.03
     default_weight_decay = 1e-4
     test_overrides = {"num_negatives": 16}
@@ -72,10 +74,6 @@ class PIRL(Method):
         return self.head_g(z.reshape(b, -1))
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        if len(batch.views) != 2:
-            raise ValueError(f"pirl expects 2 views (image, jigsaw source), got {len(batch.views)} (augment.n_views)")
-        if batch.index is None:
-            raise ValueError("pirl needs the images' dataset indices (ViewBatch.index) to address its memory bank")
         x, x_jig = batch.views
         h = self.backbone(x)
         f = F.normalize(self.head_f(h), dim=1)

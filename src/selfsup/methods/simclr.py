@@ -28,6 +28,7 @@ class SimCLR(Method):
 
     Config = SimCLRConfig
     default_augment = "simclr"
+    n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     base_lr = 0.6
     default_weight_decay = 1e-4
@@ -39,8 +40,6 @@ class SimCLR(Method):
                           projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, c.proj_layers))
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        if len(batch.views) != 2:
-            raise ValueError(f"simclr expects 2 views, got {len(batch.views)}")
         x = torch.cat(batch.views)  # one backbone pass over both views (BN sees 2B samples)
         h = self.backbone(x)
         z = self.projector(h)

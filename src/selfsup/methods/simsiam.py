@@ -16,7 +16,6 @@ from ..config_checks import checked, dim
 from ..heads.mlp import mlp
 from ..losses.distillation import negative_cosine
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
-from .byol import check_two_views
 
 
 @dataclass
@@ -31,6 +30,7 @@ class SimSiamConfig(MethodConfig):
 class SimSiam(Method):
     Config = SimSiamConfig
     default_augment = "simclr"
+    n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "sgd"
     base_lr = 0.05
@@ -46,7 +46,6 @@ class SimSiam(Method):
         self.predictor = mlp([c.proj_dim, c.pred_hidden_dim, c.proj_dim], norm="bn")
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        check_two_views(batch.views, "simsiam")
         h = self.backbone(torch.cat(batch.views))
         z = self.projector(h)
         p = self.predictor(z)

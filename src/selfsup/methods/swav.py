@@ -59,6 +59,7 @@ class RenormalisedPrototypes(Prototypes, SharedPart):
 class SwAV(Method):
     Config = SwAVConfig
     default_augment = "multicrop"
+    min_views = 2  # global crops first, then local crops
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"
     base_lr = 0.6
@@ -78,7 +79,7 @@ class SwAV(Method):
 
     @torch.no_grad()
     def _codes(self, scores: torch.Tensor, z: torch.Tensor, i: int, ctx: StepContext) -> torch.Tensor:
-        """Codes (B, K) for code view i: Sinkhorn over [queued embeddings; the global batch], then enqueue it.
+        """Codes (B, K) for code view i: Sinkhorn over [queued embeddings; the global batch], then stage it.
 
         Under torchrun the scores and embeddings of every rank are gathered first, so equipartition holds over
         the global batch and every rank keeps the same queue; each rank keeps the codes of its own rows.
@@ -92,15 +93,13 @@ class SwAV(Method):
             if ctx.epoch >= c.queue_start_epoch and int(q.filled) > 0:
                 past = self.prototypes(q.valid().to(z.dtype))
                 scores = torch.cat([scores, past])
-            q.push(z)
+            q.stage(z)  # enqueued after the step (components/queue.py)
         return rank_rows(sinkhorn_knopp(scores, c.epsilon, c.sinkhorn_iterations)[:n], b)
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         ctx = ctx or StepContext()
         views = batch.views
         n_code = min(self.N_CODE_VIEWS, count_global_views(views))
-        if len(views) < 2 or n_code < 1:
-            raise ValueError(f"swav expects at least 2 views (global crops first), got {len(views)}")
         frozen = ctx.epoch < self.cfg.freeze_prototypes_epochs
         zs, scores, first_h = [], [], None
         for start, end in group_by_size(views):

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from ..augment.pipeline import eval_view
+from ..backbones.base import Backbone
 from ..config import build_run_config
 from ..errors import ConfigError
 
 
-def attention_maps(backbone: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def attention_maps(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
     """CLS → patch attention (B, heads, gh, gw) of normalised images ``x``; each map sums to 1."""
-    if not hasattr(backbone, "get_last_attention"):
+    if not backbone.supports_attention:
         raise ConfigError(f"attention maps need a ViT backbone, got {type(backbone).__name__}")
     was = backbone.training
     backbone.eval()
@@ -84,7 +85,7 @@ def attention_for_run(run_dir: str | Path, out_dir: str | Path, *, data: str | N
     built = build_run(cfg, ds, dev)
     built.method.load_state_dict(ckpt["method"])
     backbone = built.method.eval_backbone()
-    if not hasattr(backbone, "get_last_attention"):
+    if not backbone.supports_attention:
         raise ConfigError(f"attention maps need a ViT run; {run_dir} uses backbone '{cfg.backbone.name}' "
                           f"({type(backbone).__name__})")
     split = ds.test if ds.test is not None else ds.train

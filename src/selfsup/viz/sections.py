@@ -141,7 +141,7 @@ def s_attention(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
         return s.note(f"no attention maps: {why}")
     b = ctx.built()
     backbone = b.method.eval_backbone()
-    if not hasattr(backbone, "get_last_attention"):
+    if not backbone.supports_attention:
         return s.note(f"attention maps are for ViT runs; this run's backbone is {type(backbone).__name__}")
     from ..augment.pipeline import eval_view
     from .attention import attention_maps, save_attention_pngs

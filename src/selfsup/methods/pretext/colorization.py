@@ -110,7 +110,7 @@ class Colorization(LabInputMethod):
         ab_flat = ab.permute(0, 2, 3, 1).reshape(-1, 2)
         target = encode_ab(ab_flat, self.centers, c.soft_k, c.soft_sigma)  # (N, Q)
         if self.training:
-            self.prior.update(target)
+            self.prior.observe(target)  # committed after the step (components/class_prior.py)
         weight = rebalancing_weights(self.prior.probs(), self.centers, c.rebalance_lambda) if c.rebalance else None
         logits = pred.permute(0, 2, 3, 1).reshape(-1, pred.shape[1])
         loss = soft_cross_entropy(logits, target, weight)
