@@ -16,15 +16,15 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "selfsup"
 # imports the built-in packages: it does so lazily, to run their decorators, and nothing in it depends on them.
 RANK = {
     "errors": 0, "registry": 0,
-    "losses": 1, "backbones": 1, "data": 1,
+    "checkpoints": 1, "losses": 1, "backbones": 1, "data": 1,
     "augment": 2, "components": 2, "heads": 2,
     "config": 3, "config_checks": 3, "configs": 3,
     "methods": 4,
     "engine": 5,
     "evaluation": 6,
-    "viz": 7,
+    "api": 7, "viz": 7,  # api: pretraining with the evaluation callbacks attached
     "studies": 8,
-    "api": 9, "cli": 9, "__main__": 9, "__init__": 9,
+    "cli": 9, "__main__": 9, "__init__": 9,
 }
 
 

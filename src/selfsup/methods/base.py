@@ -101,12 +101,13 @@ class Method(nn.Module):
         if (overrides.local_crops or 0) > 0 and not self.supports_multicrop:
             raise ConfigError(f"augment.local_crops: method '{self.method_name()}' does not support multi-crop")
         pipe = build_pipeline(overrides, self.default_augment, image_size, mean, std)
-        self._check_view_count(len(pipe.specs), overrides)
+        self._check_view_count(sum(s.size == pipe.specs[0].size for s in pipe.specs), overrides)
         return pipe
 
     def _check_view_count(self, n: int, overrides: ViewOverrides) -> None:
-        """The declared ``n_views``/``min_views`` against the views the augment section makes: refused here,
-        before any training, rather than by :meth:`check_batch` inside the first forward pass."""
+        """The declared ``n_views``/``min_views`` against the ``n`` global views (those at the first view's size;
+        local crops are smaller) the augment section makes: refused here, before any training. Local crops for a
+        method without multi-crop are :meth:`check_batch`'s to refuse, naming the options."""
         if (self.n_views is None or n == self.n_views) and n >= self.min_views:
             return
         takes = _views(self.n_views) if self.n_views is not None else f"at least {_views(self.min_views)}"

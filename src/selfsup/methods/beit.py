@@ -67,6 +67,7 @@ class BEiTConfig(MethodConfig):
 class BEiT(Method):
     Config = BEiTConfig
     default_augment = "crop-flip"
+    n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"
     base_lr = 1.875e-4  # BEiT: 1.5e-3 at batch 2048, AdamW (0.9, 0.999), weight decay 0.05
     default_weight_decay = 0.05

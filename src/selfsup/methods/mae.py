@@ -45,6 +45,7 @@ class MAEConfig(MethodConfig):
 class MAE(Method):
     Config = MAEConfig
     default_augment = "crop-flip"
+    n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"
     base_lr = 1.5e-4  # MAE: blr 1.5e-4 at batch 256, AdamW betas (0.9, 0.95), weight decay 0.05
     default_weight_decay = 0.05
@@ -60,7 +61,7 @@ class MAE(Method):
                                   depth=c.decoder_depth, heads=c.decoder_heads)
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
-        x = batch.views[0]  # one view; extra views (if configured) are ignored
+        x = batch.views[0]
         bb = self.backbone
         grid = bb.grid_for(x)
         n = grid[0] * grid[1]

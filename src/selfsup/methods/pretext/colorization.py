@@ -81,6 +81,7 @@ class Colorization(LabInputMethod):
     centers: torch.Tensor
     Config = ColorizationConfig
     default_augment = "crop-flip"
+    n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"
     base_lr = 1e-3
     default_weight_decay = 1e-4

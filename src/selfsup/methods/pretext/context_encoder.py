@@ -78,6 +78,7 @@ class ContextEncoderConfig(MethodConfig):
 class ContextEncoder(Method):
     Config = ContextEncoderConfig
     default_augment = "crop-flip"
+    n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"
     base_lr = 1e-3
     default_weight_decay = 1e-4

@@ -53,6 +53,7 @@ class Jigsaw(Method):
     permutations: torch.Tensor
     Config = JigsawConfig
     default_augment = "crop-flip"
+    n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     base_lr = 0.1
     default_weight_decay = 5e-4
     test_overrides = {"num_permutations": 8, "gap": 1, "jitter": 0, "head_hidden_dim": 32}

@@ -36,6 +36,7 @@ def classifier(in_dim: int, hidden: int, classes: int):
 class Rotation(Method):
     Config = RotationConfig
     default_augment = "crop-flip"
+    n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     base_lr = 0.1
     default_weight_decay = 5e-4
 
