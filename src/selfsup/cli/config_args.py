@@ -33,10 +33,22 @@ def preset_names() -> list[str]:
 def load_config_arg(value: str) -> dict[str, Any]:
     p = Path(value)
     if p.suffix in (".yaml", ".yml") or p.exists():
-        return load_yaml(p)
+        try:
+            return load_yaml(p)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); a config file is UTF-8 YAML") from None
+        except IsADirectoryError:
+            raise ConfigError(f"--config {p} is a directory, not a YAML file") from None
     if value in preset_names():
         return load_yaml(Path(str(resources.files("selfsup.configs") / f"{value}.yaml")))
     raise ConfigError(f"--config '{value}' is neither a YAML file nor a preset; presets: {', '.join(preset_names())}")
+
+
+def _check_section(raw: dict[str, Any], section: str, where: str) -> None:
+    if not isinstance(raw[section], dict):
+        shown = repr(raw[section])
+        raise ConfigError(f"{where}section '{section}' must be a mapping of keys, got "
+                          f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -69,17 +81,23 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     if getattr(args, "config", None):
         raw = {**raw, **load_config_arg(args.config)}
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    where = f"{args.config}: " if getattr(args, "config", None) else ""
     for flag, (section, key) in FLAG_KEYS.items():
         v = getattr(args, flag, None)
         if v is not None:
             raw.setdefault(section, {})
-            if isinstance(raw[section], str):  # "method: simclr" shorthand
+            if section == "method" and isinstance(raw[section], str):  # "method: simclr" shorthand
                 raw[section] = {"name": raw[section]}
+            _check_section(raw, section, where)
             if section == "method" and key == "name" and raw[section].get("name") not in (None, v):
                 raw[section] = {}  # another method: the file's method keys do not apply
             raw[section][key] = v
-    method = raw.get("method", {"name": "simclr"})
+    method = raw.get("method") or {"name": "simclr"}
+    if "method" in raw and not isinstance(method, str):
+        _check_section(raw, "method", where)
     name = method if isinstance(method, str) else method.get("name", "simclr")
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}'method.name' must be a method name (a string), got {name!r}")
     fields = list(getattr(METHODS.get(name).Config, "__dataclass_fields__", {}))
     raw = apply_overrides(raw, getattr(args, "set", []) or [], method_fields=fields)
     return build_run_config(raw)

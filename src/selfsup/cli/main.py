@@ -24,9 +24,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ..engine.run_access import check_resumable
     from ..engine.trainer import pretrain
 
     cfg = config_from_args(args)
+    if args.resume:  # a foreign or misfitting checkpoint is one line before anything is built
+        check_resumable(args.out)
     res = pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return 0
@@ -138,8 +141,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except _user_errors() as e:
-        print(f"selfsup: error: {e}", file=sys.stderr)
+        print(f"selfsup: error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:  # the environment, not a bug: a file that cannot be read or written, a full disk
+        if e.filename is None and e.strerror is None:
+            raise
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"selfsup: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+def one_line(message: str) -> str:
+    """A user error is one stderr line: newlines of quoted input (a key, a path) are shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 if __name__ == "__main__":
