@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import RunConfig, apply_overrides, build_run_config, load_yaml
 from ..errors import ConfigError
-from ..registry import METHODS
+from ..registry import METHODS, UnknownNameError
 
 # flag → (section, key)
 FLAG_KEYS = {
@@ -32,13 +32,15 @@ def preset_names() -> list[str]:
 
 def load_config_arg(value: str) -> dict[str, Any]:
     p = Path(value)
+    if p.is_dir():
+        raise ConfigError(f"--config {p} is a directory, not a YAML file")
     if p.suffix in (".yaml", ".yml") or p.exists():
         try:
             return load_yaml(p)
         except UnicodeDecodeError as e:
             raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); a config file is UTF-8 YAML") from None
-        except IsADirectoryError:
-            raise ConfigError(f"--config {p} is a directory, not a YAML file") from None
+        except RecursionError:
+            raise ConfigError(f"{p}: nested too deeply to be a config") from None
     if value in preset_names():
         return load_yaml(Path(str(resources.files("selfsup.configs") / f"{value}.yaml")))
     raise ConfigError(f"--config '{value}' is neither a YAML file nor a preset; presets: {', '.join(preset_names())}")
@@ -78,8 +80,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
     raw: dict[str, Any] = dict(base or {})
+    from_file: dict[str, Any] | None = None
     if getattr(args, "config", None):
-        raw = {**raw, **load_config_arg(args.config)}
+        from_file = load_config_arg(args.config)
+        raw = {**raw, **from_file}
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     where = f"{args.config}: " if getattr(args, "config", None) else ""
     for flag, (section, key) in FLAG_KEYS.items():
@@ -98,6 +102,28 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     name = method if isinstance(method, str) else method.get("name", "simclr")
     if not isinstance(name, str):
         raise ConfigError(f"{where}'method.name' must be a method name (a string), got {name!r}")
-    fields = list(getattr(METHODS.get(name).Config, "__dataclass_fields__", {}))
+    try:
+        cls = METHODS.get(name)
+    except UnknownNameError as e:
+        if from_file is not None and getattr(args, "method", None) is None:
+            raise UnknownNameError(f"{where}{e}") from None  # the name came from the file
+        raise
+    fields = list(getattr(cls.Config, "__dataclass_fields__", {}))
     raw = apply_overrides(raw, getattr(args, "set", []) or [], method_fields=fields)
-    return build_run_config(raw)
+    try:
+        return build_run_config(raw)
+    except (ConfigError, UnknownNameError) as e:
+        if from_file is not None and _same_error(from_file, str(e)):
+            raise type(e)(f"{where}{e}") from None  # the file alone has it: say which file
+        raise
+
+
+def _same_error(file_raw: dict[str, Any], message: str) -> bool:
+    """Whether the config file on its own (flags and --set aside) fails with ``message``."""
+    try:
+        build_run_config(file_raw)
+    except (ConfigError, UnknownNameError) as e:
+        return str(e) == message
+    except Exception:
+        return False
+    return False

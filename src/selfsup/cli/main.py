@@ -84,8 +84,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``selfsup pretrain: error: argument --epochs: invalid int value:
+    'x' (see selfsup pretrain --help)``) instead of the usage block and the error; subcommands inherit it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual representation learning.")
+    p = Parser(prog="selfsup", description="Self-supervised visual representation learning.")
     sub = p.add_subparsers(dest="command", required=True)
 
     pt = sub.add_parser("pretrain", help="pretrain an encoder without labels")

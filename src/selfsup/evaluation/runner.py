@@ -30,6 +30,7 @@ from .protocols import EvalContext, check_options
 from .transfer import load_eval_data
 
 DEFAULT_PROTOCOLS = ("knn", "linear")
+MAX_SEEDS = 1000  # repeats per protocol: more is a typo, not a study
 
 
 def aggregate(name: str, runs: list[dict[str, Any]], seeds: list[int], seconds: float) -> dict[str, Any]:
@@ -91,8 +92,8 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     ``seeds``: repeats per protocol (seeds run_seed … run_seed+N-1); ``epochs``: budget of trained protocols;
     ``fractions``: label fractions of ``semi``; ``options``: ``{"key" or "protocol.key": value}``.
     """
-    if not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1 (the number of repeats per protocol), got {seeds}")
+    if not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"--seeds must be in [1, {MAX_SEEDS}] (the number of repeats per protocol), got {seeds}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     if fractions is not None:
@@ -110,7 +111,11 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     check_writable(run_dir / "eval.json", "the evaluation results")
     ckpt_path, ckpt = load_run_checkpoint(run_dir)
     cfg = saved_config(ckpt, ckpt_path)
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as e:  # torch's own words for an unknown device string
+        raise ConfigError(f"--device '{device}' is not a device (auto, cpu, cuda, cuda:N): "
+                          f"{str(e).splitlines()[0][:120]}") from None
     t0 = time.perf_counter()
     data_info: dict[str, Any] = {"data": cfg.data.path, "channel_conversion": "none"}
     if eval_data is None:
