@@ -161,7 +161,7 @@ def payload_kinds(marker: Path) -> dict[str, tuple[Callable, tuple]]:
         "shutil.rmtree": (sh.rmtree, (str(keep_dir),)),
         "sys.exit": (sys.exit, (7,)),
         "os.kill": (os.kill, (os.getpid(), 0)),
-        "builtins.getattr": (getattr, (os, "getcwd")),
+        "builtins.getattr": (getattr, ("text", "upper")),
         "builtins.__import__": (builtins.__import__, ("antigravity",)),
     }
 
