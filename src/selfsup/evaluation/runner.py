@@ -92,8 +92,10 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     ``seeds``: repeats per protocol (seeds run_seed … run_seed+N-1); ``epochs``: budget of trained protocols;
     ``fractions``: label fractions of ``semi``; ``options``: ``{"key" or "protocol.key": value}``.
     """
-    if not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
-        raise ConfigError(f"--seeds must be in [1, {MAX_SEEDS}] (the number of repeats per protocol), got {seeds}")
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1 (the number of repeats per protocol), got {seeds}")
+    if seeds > MAX_SEEDS:
+        raise ConfigError(f"--seeds must be <= {MAX_SEEDS} (the number of repeats per protocol), got {seeds}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     if fractions is not None:
