@@ -1,4 +1,4 @@
-"""One layer-wise probe figure across runs (seed 002's PIRL-vs-Jigsaw plot): top-1 of a linear probe per backbone
+"""One layer-wise probe figure across runs (Misra & van der Maaten 2020's PIRL vs Jigsaw): top-1 of a linear probe per backbone
 stage for every run, with the random-init baseline, so pretext and contrastive curves share one axis.
 
     python benchmarks/layerwise.py runs/b10-rotation runs/b10-jigsaw \

@@ -108,6 +108,21 @@ def test_sample_resized_crop_respects_bounds(h, w, scale, ratio):
     assert ((bw[ok] + 0.5) / (bh[ok] - 0.5) >= ratio[0] - 1e-6).all()
 
 
+@pytest.mark.parametrize("ratio", [(3 / 4, 4 / 3), (0.5, 0.8), (1.25, 2.5), (0.2, 0.3), (1.0, 1.0)])
+def test_crop_fallback_matches_torchvision(ratio):
+    """No draw fits (scale > 1: the target area exceeds the image), so every box is the fallback centred crop;
+    it must be torchvision's RandomResizedCrop.get_params box exactly, offsets included ((size − crop) // 2)."""
+    from torchvision.transforms import RandomResizedCrop
+
+    for h in range(3, 26, 2):
+        for w in (h - 1, h, h + 3, 2 * h + 1, max(3, h // 2)):
+            boxes = ops.sample_resized_crop(4, h, w, (2.0, 3.0), ratio, gen(5), torch.device("cpu"))
+            ref = RandomResizedCrop.get_params(torch.zeros(1, h, w), [2.0, 3.0], list(ratio))
+            assert ref[2] >= 1 and ref[3] >= 1
+            for b in boxes.tolist():
+                assert tuple(int(v) for v in b) == ref, (h, w, ratio)
+
+
 def test_crop_parameters_differ_per_sample():
     boxes = ops.sample_resized_crop(32, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3), gen(4), torch.device("cpu"))
     assert len({tuple(b.tolist()) for b in boxes}) > 16

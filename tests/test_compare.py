@@ -57,3 +57,20 @@ def test_compare_cli(tmp_path, capsys):
     assert main(["compare", str(run), "--out", str(tmp_path / "t")]) == 0
     assert "50.0 (20.0)" in capsys.readouterr().out and (tmp_path / "t.csv").exists()
     assert main(["compare", str(tmp_path / "missing")]) == 2
+
+
+def test_compare_markdown_escapes_table_syntax(tmp_path):
+    import re
+
+    hostile = "a|b<script>"
+    run = _run(tmp_path, hostile, {"method": "x|y`z`", "backbone": "r\nn<img src=x onerror=alert(1)>"})
+    plain = _run(tmp_path, "plain", {"method": "simclr"}, _eval({"knn|x": [0.5]}, {"knn|x": 0.2}))
+    md, table = compare_runs([run, plain], out=None)
+    rows = md.split("\n\n")[0].splitlines()
+    assert len(rows) == 4 and all(r.startswith("| ") or r.startswith("|-") for r in rows)  # a newline starts no row
+    cols = {len(re.split(r"(?<!\\)\|", r)) for r in rows}
+    assert len(cols) == 1, rows  # an escaped "|" shifts no column
+    assert "<script" not in md.lower() and "<img" not in md.lower() and "`" not in md.replace("\\`", "")
+    assert rows[2].startswith("| a\\|b&lt;script&gt; |")
+    assert "- a\\|b&lt;script&gt;: no eval.json" in md and "| knn\\|x |" in rows[0]
+    assert list(csv.DictReader(io.StringIO(table)))[0]["run"] == hostile  # CSV quotes, it needs no escaping

@@ -195,7 +195,7 @@ def test_pretrain_then_refuse_second_run_unless_resume_or_overwrite(tiny_npz, tm
 
 def test_resume_without_a_checkpoint_starts_fresh(tiny_npz, tmp_path, capsys):
     """``--resume`` means ``--resume auto``: a requeued job whose first attempt died before any checkpoint
-    starts from scratch instead of failing (issue 10)."""
+    starts from scratch instead of failing."""
     rc = main(pretrain_args(tiny_npz, tmp_path / "fresh", "--resume"))
     assert rc == 0
     assert list((tmp_path / "fresh" / "checkpoints").glob("step-*.pt"))

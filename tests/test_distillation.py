@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from selfsup.backbones import build_backbone
-from selfsup.components.base import StepContext, update_parts
+from selfsup.components.base import StepContext, discard_staged, update_parts
 from selfsup.components.center import Center
 from selfsup.components.ema import EMATeacher
 from selfsup.components.schedules import Cosine
@@ -93,6 +93,35 @@ def test_center_update_formula():
     c.after_step(StepContext())  # nothing observed: unchanged
     assert torch.allclose(c.center, 0.9 * expected + 0.1)
     assert "center" in c.state_dict() and "pending" not in c.state_dict()
+
+
+def test_center_under_grad_accumulation_uses_every_micro_batch():
+    """The engine runs the forward once per micro-batch and after_step once per step: the center must move
+    towards the mean of the whole step's outputs, not the last micro-batch's."""
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    whole, split = Center(4, momentum=0.5), Center(4, momentum=0.5)
+    ctx = StepContext(step=2)
+    whole.observe(x, ctx)
+    split.observe(x[:6], ctx)  # unequal micro-batches: the mean weights every row alike
+    split.observe(x[6:], ctx)
+    torch.testing.assert_close(split.pending, x.mean(0, keepdim=True))
+    whole.after_step(ctx)
+    split.after_step(ctx)
+    torch.testing.assert_close(split.center, whole.center)
+    torch.testing.assert_close(whole.center, 0.5 * x.mean(0, keepdim=True))
+    assert split.pending is None
+
+
+def test_center_drops_what_a_skipped_step_observed():
+    c = Center(4, momentum=0.5)
+    c.observe(torch.full((2, 4), float("nan")), StepContext(step=0))  # step 0 skipped: no after_step
+    c.observe(torch.ones(2, 4), StepContext(step=1))
+    c.after_step(StepContext(step=1))
+    assert torch.equal(c.center, torch.full((1, 4), 0.5))
+    c.observe(torch.ones(2, 4), StepContext(step=2))
+    discard_staged(c)
+    c.after_step(StepContext(step=2))
+    assert torch.equal(c.center, torch.full((1, 4), 0.5))
 
 
 def test_ema_update_formula_and_cosine_momentum():

@@ -1,4 +1,4 @@
-"""ViT export uses timm's key names, so the weights load into a plain timm VisionTransformer (issue 10)."""
+"""ViT export uses timm's key names, so the weights load into a plain timm VisionTransformer."""
 from __future__ import annotations
 
 import pytest

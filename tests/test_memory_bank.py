@@ -8,7 +8,7 @@ from conftest import make_blobs
 
 from selfsup.augment.jigsaw import inverse_permutation, jigsaw_tiles, permute_tiles, random_permutations, untile
 from selfsup.backbones import build_backbone
-from selfsup.components.base import StepContext, update_parts
+from selfsup.components.base import StepContext, discard_staged, update_parts
 from selfsup.components.memory_bank import MemoryBank
 from selfsup.config import ConfigError
 from selfsup.methods.base import ViewBatch, build_method
@@ -144,3 +144,93 @@ def test_pirl_jigsaw_embedding_depends_on_the_tile_order():
     g2 = m.jigsaw_embedding(x)
     assert g1.shape == (2, 128) and not torch.allclose(g1, g2)
     assert F.normalize(g1, dim=1).norm(dim=1).allclose(torch.ones(2))
+
+
+def test_staging_accumulates_micro_batches_into_one_update():
+    """Gradient accumulation: K forwards stage, one after_step writes every micro-batch's rows, exactly as one
+    forward over the whole batch does."""
+    torch.manual_seed(0)
+    whole, split = MemoryBank(20, 4), MemoryBank(20, 4)
+    split.rows.copy_(whole.rows)
+    old = whole.rows.clone()
+    idx, f = torch.randperm(20)[:8], torch.randn(8, 4)
+    ctx = StepContext(step=3, total_steps=10)
+    whole.stage(idx, f, ctx)
+    split.stage(idx[:4], f[:4], ctx)
+    split.stage(idx[4:], f[4:], ctx)
+    update_parts(whole, ctx)
+    update_parts(split, ctx)
+    assert torch.equal(split.rows, whole.rows)
+    changed = (split.rows != old).any(dim=1)
+    assert changed[idx].all() and changed.sum() == len(idx)
+    update_parts(split, ctx)  # the stage was emptied: a second after_step writes nothing
+    assert torch.equal(split.rows, whole.rows)
+
+
+def test_rows_staged_for_a_skipped_step_are_dropped():
+    """A step skipped by nan_policy=skip never reaches after_step; its (possibly non-finite) rows must not be
+    written with the next step's."""
+    bank = MemoryBank(10, 4)
+    old = bank.rows.clone()
+    bank.stage(torch.tensor([1, 2]), torch.full((2, 4), float("nan")), StepContext(step=0))
+    bank.stage(torch.tensor([3, 4]), torch.randn(2, 4), StepContext(step=1))
+    update_parts(bank, StepContext(step=1))
+    assert torch.isfinite(bank.rows).all()
+    assert torch.equal(bank.rows[[1, 2]], old[[1, 2]]) and not torch.equal(bank.rows[[3, 4]], old[[3, 4]])
+    bank.stage(torch.tensor([5]), torch.randn(1, 4), StepContext(step=2))
+    discard_staged(bank)  # what a loop calls instead of update_parts when it skips the step
+    update_parts(bank, StepContext(step=2))
+    assert torch.equal(bank.rows[5], old[5])
+
+
+@pytest.mark.parametrize("name", ["npid", "pirl"])
+def test_bank_methods_under_grad_accumulation_write_the_whole_batch(name):
+    """Two micro-batch forwards and one after_step (the engine's protocol with train.grad_accum_steps=2) write
+    all B rows, equal to the one-forward update (eval-mode BN, so the micro-batches embed as the whole batch)."""
+    torch.manual_seed(0)
+    data = make_blobs(n=16, size=16)
+    bb = build_backbone("convnet", in_channels=3, width=0.25, image_size=16)
+    m = build_method(name, bb, {"num_negatives": 8}, num_train=16).eval()
+    ref = build_method(name, build_backbone("convnet", in_channels=3, width=0.25, image_size=16),
+                       {"num_negatives": 8}, num_train=16).eval()
+    ref.load_state_dict(m.state_dict())
+    x, idx, _ = next(data.train.batches(8, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    vs = m.make_views(16, data.mean, data.std)(x, torch.Generator().manual_seed(0))
+    old = m.bank.rows.clone()
+    ctx = StepContext(0, 4)
+    with torch.no_grad():
+        ref(ViewBatch(vs, idx), ctx)
+        for part in (slice(0, 4), slice(4, 8)):
+            m(ViewBatch([v[part] for v in vs], idx[part]), ctx)
+    update_parts(ref, ctx)
+    update_parts(m, ctx)
+    changed = (m.bank.rows != old).any(dim=1)
+    assert changed[idx].all() and changed.sum() == len(idx)
+    torch.testing.assert_close(m.bank.rows, ref.bank.rows, rtol=1e-5, atol=1e-6)
+
+
+def test_pretrain_with_grad_accumulation_writes_every_row_of_the_step(tmp_path, monkeypatch):
+    import numpy as np
+
+    from selfsup.config import build_run_config
+    from selfsup.engine.trainer import pretrain
+
+    ds = make_blobs(n=16, size=16)
+    p = tmp_path / "blobs.npz"
+    np.savez(p, x_train=ds.train.images.permute(0, 2, 3, 1).numpy(), y_train=ds.train.labels.numpy())
+    written: list[int] = []
+    original = MemoryBank.update
+
+    def record(self, index, features):
+        written.append(index.numel())
+        original(self, index, features)
+
+    monkeypatch.setattr(MemoryBank, "update", record)
+    cfg = build_run_config({
+        "method": {"name": "npid", "num_negatives": 8, "proj_hidden_dim": 16, "proj_dim": 8},
+        "data": {"path": str(p)}, "backbone": {"name": "convnet", "width": 0.25},
+        "train": {"epochs": 1, "batch_size": 8, "grad_accum_steps": 2, "max_steps": 2, "device": "cpu",
+                  "seed": 0, "log_every": 1},
+    })
+    pretrain(cfg, tmp_path / "run", quiet=True)
+    assert written == [8, 8]

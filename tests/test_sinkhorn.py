@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.backbones import build_backbone
-from selfsup.components.base import StepContext
+from selfsup.components.base import StepContext, update_parts
 from selfsup.components.sinkhorn import sinkhorn_knopp
 from selfsup.heads.prototypes import Prototypes
 from selfsup.losses.clustering import swapped_prediction
@@ -119,6 +119,43 @@ def test_swav_prototypes_frozen_during_the_first_epoch():
     m.zero_grad()
     m(ViewBatch(vs), StepContext(5, 10, epoch=1)).loss.backward()
     assert m.prototypes.weight.grad is not None
+
+
+def test_prototype_gradient_is_the_plain_dot_products():
+    """The forward uses the stored unit rows, so dL/dC = (dL/dscores)ᵀ z, not the gradient through a
+    normalisation (which removes the radial part and scales by 1/||v||)."""
+    torch.manual_seed(0)
+    p = Prototypes(8, 5)
+    z = F.normalize(torch.randn(3, 8), dim=1)
+    r = torch.randn(3, 5)
+    (p(z) * r).sum().backward()
+    torch.testing.assert_close(p.weight.grad, r.T @ z)
+
+
+def test_swav_prototypes_are_renormalised_after_each_sgd_step():
+    m, vs = _swav(freeze_prototypes_epochs=0)
+    assert torch.allclose(m.prototypes.weight.norm(dim=1), torch.ones(8), atol=1e-6)  # unit at init
+    opt = torch.optim.SGD(m.parameters(), lr=5.0)
+    for step in range(2):
+        ctx = StepContext(step, 10)
+        before = m.prototypes.weight.detach().clone()
+        opt.zero_grad()
+        m(ViewBatch(vs), ctx).loss.backward()
+        opt.step()
+        assert not torch.allclose(m.prototypes.weight.norm(dim=1), torch.ones(8), atol=1e-3)  # SGD left the sphere
+        update_parts(m, ctx)
+        assert torch.allclose(m.prototypes.weight.norm(dim=1), torch.ones(8), atol=1e-6)
+        assert not torch.equal(m.prototypes.weight, before)
+
+
+def test_prototypes_from_a_checkpoint_without_unit_rows_are_normalised_on_load():
+    p = Prototypes(8, 5)
+    old = {"weight": torch.randn(5, 8) * 0.02}  # what the forward-normalising layer saved
+    p.load_state_dict(old)
+    torch.testing.assert_close(p.weight.detach(), F.normalize(old["weight"], dim=1))
+    unit = {"weight": F.normalize(torch.randn(5, 8), dim=1)}
+    p.load_state_dict(unit)
+    assert torch.equal(p.weight.detach(), unit["weight"])  # unit rows are kept bit for bit (exact resume)
 
 
 def test_swav_queue_fills_and_feeds_the_codes():

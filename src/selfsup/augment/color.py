@@ -71,6 +71,8 @@ class NormalizedRGBToLab(nn.Module):
     ``channels`` "L" returns (B, 1, H, W), "ab" (B, 2, H, W), "Lab" (B, 3, H, W). The statistics are non-persistent
     buffers set by the method's ``make_views`` (identity until then, i.e. views already in [0, 1]).
     """
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, channels: str = "Lab") -> None:
         super().__init__()

@@ -30,7 +30,8 @@ def sample_resized_crop(n: int, height: int, width: int, scale: tuple[float, flo
     """RandomResizedCrop boxes ``(n, 4)`` as (top, left, h, w) in integer pixels, torchvision's algorithm.
 
     Each sample tries ``attempts`` (area, log-aspect) draws and keeps the first that fits; samples with no fit
-    fall back to the largest centred crop whose aspect ratio lies within ``ratio``.
+    fall back to the largest centred crop whose aspect ratio lies within ``ratio``, placed as torchvision places
+    it (offsets ``(size − crop) // 2``), but never smaller than one pixel.
     """
     area = height * width
     target = area * uniform(n * attempts, scale[0], scale[1], gen, device).view(n, attempts)
@@ -43,12 +44,12 @@ def sample_resized_crop(n: int, height: int, width: int, scale: tuple[float, flo
     any_ok = ok.any(dim=1)
     w = w.gather(1, first[:, None]).squeeze(1)
     h = h.gather(1, first[:, None]).squeeze(1)
-    # fallback: centre crop, clamped to the ratio range
+    # fallback: centre crop, clamped to the ratio range (torchvision's: min/max of ratio, offsets floored)
     in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fh, fw = height, round(height * ratio[1])
+    if in_ratio < min(ratio):
+        fw, fh = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fh, fw = height, round(height * max(ratio))
     else:
         fw, fh = width, height
     fw, fh = min(max(fw, 1), width), min(max(fh, 1), height)  # at least one pixel (1-px images, extreme ratios)
@@ -57,8 +58,8 @@ def sample_resized_crop(n: int, height: int, width: int, scale: tuple[float, flo
     u = torch.rand(n, 2, generator=gen, device=device)
     top = torch.floor(u[:, 0] * (height - h + 1))
     left = torch.floor(u[:, 1] * (width - w + 1))
-    top = torch.where(any_ok, top, torch.full_like(top, 0) + ((height - h) / 2).round())
-    left = torch.where(any_ok, left, ((width - w) / 2).round())
+    top = torch.where(any_ok, top, torch.floor((height - h) / 2))
+    left = torch.where(any_ok, left, torch.floor((width - w) / 2))
     return torch.stack([top, left, h, w], dim=1)
 
 

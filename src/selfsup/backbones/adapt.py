@@ -24,8 +24,9 @@ def with_in_channels(backbone: Backbone, in_channels: int) -> Backbone:
     for parent in new.modules():
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d) and child.in_channels == backbone.in_channels:
-                conv = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                 child.dilation, child.groups, child.bias is not None, child.padding_mode)
+                conv = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride,  # type: ignore[arg-type]
+                                 child.padding, child.dilation, child.groups,  # type: ignore[arg-type]
+                                 child.bias is not None, child.padding_mode)
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
                 setattr(parent, name, conv.to(child.weight.device))
                 new.in_channels = in_channels

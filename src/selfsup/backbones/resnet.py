@@ -64,8 +64,12 @@ class ResNet(Backbone):
 
     stage_names = ("stem", "layer1", "layer2", "layer3", "layer4")
     prefers_channels_last = True
+    layer1: nn.Sequential  # set in __init__ by name
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
-    def __init__(self, block: type, layers: list[int], *, in_channels: int = 3, width: float = 1.0,
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], *, in_channels: int = 3, width: float = 1.0,
                  cifar_stem: bool = False, zero_init_residual: bool = True) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -73,7 +77,7 @@ class ResNet(Backbone):
         widths = [max(4, int(round(c * width))) for c in (64, 128, 256, 512)]
         if cifar_stem:
             self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-            self.maxpool = nn.Identity()
+            self.maxpool: nn.Module = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -115,7 +119,7 @@ class ResNet(Backbone):
         return torch.flatten(self.avgpool(x), 1)
 
 
-def _make(block: type, layers: list[int]):
+def _make(block: type[BasicBlock] | type[Bottleneck], layers: list[int]):
     def factory(spec: BackboneSpec) -> ResNet:
         return ResNet(block, layers, in_channels=spec.in_channels, width=spec.width, cifar_stem=spec.cifar_stem)
     return factory

@@ -8,8 +8,9 @@ without timm they fail with a one-line error. The adapter touches timm's public 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from ..registry import BACKBONES
@@ -18,7 +19,11 @@ from .vit import ViT, default_patch_size
 
 
 class TimmViT(Backbone):
-    def __init__(self, model: nn.Module, patch_size: int, in_channels: int) -> None:
+    """A timm ``VisionTransformer`` behind our ViT's protocol (module docstring)."""
+
+    model: Any  # timm's model: its submodules are reached by name, untyped
+
+    def __init__(self, model: Any, patch_size: int, in_channels: int) -> None:
         super().__init__()
         self.model = model
         self.patch_size = patch_size
@@ -29,7 +34,9 @@ class TimmViT(Backbone):
         self.prefix = model.num_prefix_tokens
         self.stage_names = tuple(f"block{i + 1}" for i in range(self.depth))
 
-    grid_for = ViT.grid_for  # same geometry and the same one-line error as our ViT
+    def grid_for(self, x: torch.Tensor) -> tuple[int, int]:
+        """The patch grid of ``x``: the same geometry and the same one-line error as our ViT."""
+        return ViT.grid_for(self, x)  # type: ignore[arg-type]  # reads only patch_size and in_channels
 
     def embed(self, x: torch.Tensor, *, keep: torch.Tensor | None = None, mask: torch.Tensor | None = None,
               mask_token: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,6 +47,7 @@ class TimmViT(Backbone):
         if mask is not None:
             shape = t.shape
             flat = t.reshape(shape[0], -1, shape[-1])
+            assert mask_token is not None, "mask= needs mask_token="
             flat = torch.where(mask.unsqueeze(-1), mask_token.to(flat.dtype).view(1, 1, -1), flat)
             t = flat.reshape(shape)
         t = m._pos_embed(t)  # (B, prefix + N, D)

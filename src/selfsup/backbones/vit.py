@@ -103,6 +103,7 @@ class Block(nn.Module):
 class ViT(Backbone):
     """A ViT encoder; see the module docstring. ``image_size`` sets the grid the parameters are built for;
     other sizes divisible by ``patch_size`` work too (position embeddings follow the grid)."""
+    pos_embed: torch.Tensor
 
     def __init__(self, *, image_size: int = 32, patch_size: int | None = None, in_channels: int = 3,
                  dim: int = 192, depth: int = 12, heads: int = 3, mlp_ratio: float = 4.0,

@@ -53,7 +53,8 @@ def add_parser(sub) -> None:
     rp = sub.add_parser("report", help="HTML report of a run (curves, views, t-SNE, retrieval, evaluation); "
                                        "several runs: one comparison page")
     rp.add_argument("runs", nargs="+", help="run directory (several: a comparison page)")
-    rp.add_argument("--out", help="HTML file (default RUN/report.html; several runs: report-compare.html)")
+    rp.add_argument("--out", help="the page, a file ending in .html (default RUN/report.html; several runs: "
+                                    "report-compare.html); its PNGs go in OUT without .html/")
     rp.add_argument("--data", help="images for the preview, t-SNE and retrieval (default: the run's data)")
     rp.add_argument("--device", default="cpu")
     rp.add_argument("--tsne-points", type=int, default=2000, help="test embeddings in the t-SNE map")

@@ -14,6 +14,7 @@ from .gather import all_reduce_sum_
 
 class ClassPrior(SharedPart):
     """``counts`` (Q,) float: summed (soft) target mass per class since the start of training."""
+    counts: torch.Tensor
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()

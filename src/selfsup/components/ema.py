@@ -16,6 +16,7 @@ class EMATeacher(SharedPart):
     The teacher's parameters never receive gradients; its buffers (BN statistics) are copied from the student.
     The student is held by reference, not as a submodule, so its weights are not saved twice.
     """
+    last_momentum: torch.Tensor
 
     def __init__(self, student: nn.Module, momentum: float | Callable[[float], float] = 0.996) -> None:
         super().__init__()
@@ -42,8 +43,8 @@ class EMATeacher(SharedPart):
     def update(self, momentum: float) -> None:
         """θ_t ← m·θ_t + (1 − m)·θ_s for parameters; buffers are copied."""
         student = self._student[0]
-        t_params = [p for p in self.teacher.parameters()]
-        s_params = [p.detach() for p in student.parameters()]
+        t_params: list[torch.Tensor] = [p for p in self.teacher.parameters()]
+        s_params: list[torch.Tensor] = [p.detach() for p in student.parameters()]
         torch._foreach_mul_(t_params, momentum)
         torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
         for bt, bs in zip(self.teacher.buffers(), student.buffers()):

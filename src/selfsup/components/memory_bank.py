@@ -3,10 +3,12 @@
 Row i holds a running average of image i's embedding. A method reads the rows of its batch (positives) and of
 randomly drawn other images (negatives), and stages its new embeddings with :meth:`MemoryBank.stage`; the engine
 then calls :meth:`after_step`, which applies ``v_i ← normalize(m·v_i + (1 − m)·f_i)`` (m = 0.5 in both papers).
-The rows are a buffer, so checkpoints hold them and ``--resume`` continues with the same bank.
+The rows are a buffer, so checkpoints hold them and ``--resume`` continues with the same bank. Under gradient
+accumulation every micro-batch's forward stages its rows (a :class:`~selfsup.components.base.Staged`) and the one
+``after_step`` of the optimizer step writes all of them: the same update as one forward over the whole batch.
 
-Under torchrun every rank holds the whole bank: the staged embeddings and indices are gathered from all ranks
-(every rank applies the same update), and negatives are drawn for the global batch from the rank-synchronised
+Under torchrun every rank holds the whole bank: the staged embeddings and indices are gathered from all ranks in
+``after_step`` (every rank applies the same update), and negatives are drawn for the global batch from the rank-synchronised
 torch RNG, each rank keeping its rows; two processes with batch B/2 thus draw and write exactly what one process
 with batch B does.
 """
@@ -16,12 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import SharedPart, StepContext
+from .base import SharedPart, Staged, StepContext
 from .gather import gather_no_grad, rank_rows
 
 
 class MemoryBank(SharedPart):
     """``size`` rows of dimension ``dim`` (size = the number of training images; dataset indices address rows)."""
+    rows: torch.Tensor
 
     def __init__(self, size: int, dim: int, momentum: float = 0.5, *, owner: str = "method") -> None:
         super().__init__()
@@ -33,7 +36,7 @@ class MemoryBank(SharedPart):
         self.momentum = momentum
         self.owner = owner
         self.register_buffer("rows", F.normalize(torch.randn(size, dim), dim=1))
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._staged = Staged()
 
     @property
     def size(self) -> int:
@@ -62,10 +65,11 @@ class MemoryBank(SharedPart):
         """
         return self.lookup(torch.cat([index[:, None], self.sample_indices(index, k, generator)], dim=1))
 
-    def stage(self, index: torch.Tensor, features: torch.Tensor) -> None:
-        """Remember this step's embeddings (B, dim) of every rank; :meth:`after_step` writes them after the
-        optimizer step."""
-        self._pending = (gather_no_grad(index), gather_no_grad(features))
+    def stage(self, index: torch.Tensor, features: torch.Tensor, ctx: StepContext | None = None) -> None:
+        """Add embeddings (B, dim) of images ``index`` (B,) to this step's update; :meth:`after_step` writes every
+        micro-batch's rows, of every rank, after the optimizer step. ``ctx``: rows staged for an earlier step that
+        never reached ``after_step`` (skipped) are dropped."""
+        self._staged.add(index, features, step=None if ctx is None else ctx.step)
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, features: torch.Tensor) -> None:
@@ -75,9 +79,10 @@ class MemoryBank(SharedPart):
         self.rows[index] = F.normalize(new, dim=1)
 
     def after_step(self, ctx: StepContext) -> None:
-        if self._pending is not None:
-            self.update(*self._pending)
-            self._pending = None
+        staged = self._staged.take()
+        if staged is not None:
+            index, features = staged
+            self.update(gather_no_grad(index), gather_no_grad(features))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:

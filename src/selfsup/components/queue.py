@@ -14,6 +14,10 @@ class FeatureQueue(SharedPart):
     an optional integer per row (MoCo stores the image's dataset index, to skip keys of the query's own image);
     -1 where none was given.
     """
+    rows: torch.Tensor
+    ptr: torch.Tensor
+    filled: torch.Tensor
+    ids: torch.Tensor
 
     def __init__(self, size: int, dim: int, *, normalize: bool = True) -> None:
         super().__init__()

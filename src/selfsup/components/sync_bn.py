@@ -34,6 +34,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = all_reduce_sum_with_grad(xf.sum(dims)) / count
         var = all_reduce_sum_with_grad((xf - mean.view(shape)).pow(2).sum(dims)) / count
         if self.track_running_stats:
+            assert self.num_batches_tracked is not None and self.running_mean is not None
+            assert self.running_var is not None
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)

@@ -27,6 +27,10 @@ from .gather import all_reduce_sum_, gather_no_grad
 
 class VQTokenizer(Backbone):
     """Images (B, C, H, W) → code ids (B, H/p, W/p) and back; see the module docstring."""
+    patch_size_t: torch.Tensor
+    step: torch.Tensor
+    last_used: torch.Tensor
+    initialized: torch.Tensor
 
     stage_names = ("codes",)
 

@@ -1,6 +1,8 @@
 """Datasets: one interface for .npz files, image folders, torchvision sets and the embedded MNIST-5k."""
 from __future__ import annotations
 
+import warnings
+from numbers import Integral
 from pathlib import Path
 
 import torch
@@ -12,9 +14,16 @@ from .base import DataError, ImageDataset, ImageSplit, InMemorySplit, channel_st
 __all__ = ["DataError", "ImageDataset", "ImageSplit", "InMemorySplit", "channel_stats", "load_dataset"]
 
 
-def _resize_split(split: InMemorySplit, size: int) -> InMemorySplit:
+def _resize_split(split: InMemorySplit, size: int, where: str) -> InMemorySplit:
     if split.image_size == (size, size):
         return split
+    from .npz import memory_limit
+
+    need = split.num_images * split.channels * size * size
+    if need > memory_limit():
+        raise DataError(f"{where}: {split.num_images} images at {size}x{size} need {need / 2**30:.1f} GiB, more than "
+                        f"{memory_limit() / 2**30:.1f} GiB of memory allows (lower --image-size, or use an image "
+                        "folder, which streams)")
     out = []
     for i in range(0, split.num_images, 2048):
         x = split.images[i : i + 2048].float()
@@ -23,15 +32,33 @@ def _resize_split(split: InMemorySplit, size: int) -> InMemorySplit:
     return InMemorySplit(torch.cat(out), split.labels)
 
 
+def _load_test_path(ds: ImageDataset, spec: str, test_path: str, image_size: int | None) -> None:
+    """``data.test_path`` is the test split whenever it is given: it replaces a dataset's own test split."""
+    if ds.test is not None:
+        warnings.warn(f"data.test_path={test_path} replaces the {ds.test.num_images}-image test split of {spec}",
+                      stacklevel=3)
+    test = load_dataset(test_path, image_size or ds.image_size[0])
+    if test.channels != ds.channels:
+        raise DataError(f"data.test_path={test_path} has {test.channels}-channel images but {spec} has "
+                        f"{ds.channels}")
+    ds.test = test.train
+
+
 def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | None = None,
                  workers: int = 0) -> ImageDataset:
     """Resolve ``spec``: a registered name (``selfsup list``), a ``.npz`` file, or an image folder.
 
     ``image_size`` resizes in-memory data once at load time (and sets the decode size of folders).
+    ``test_path`` (``data.test_path``) is the test split: it replaces the dataset's own one, with a warning.
     """
     if not spec:
         raise DataError("no data given: pass --data with a dataset name, a .npz file or an image folder")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, Integral)
+                                   or image_size < 1):
+        raise DataError(f"image size must be a whole number of pixels >= 1, got {image_size!r}")
+    image_size = None if image_size is None else int(image_size)
     path = Path(spec)
+    folder_test = None  # a test folder beside a train folder: loaded by load_folder (same classes, channels)
     if spec in DATASETS and not path.exists():
         ds = DATASETS.get(spec)()
     elif path.suffix == ".npz":
@@ -41,19 +68,19 @@ def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | N
     elif path.is_dir():
         from .folder import load_folder
 
-        ds = load_folder(path, image_size, test_root=test_path, workers=workers)
+        folder_test = test_path if test_path is not None and Path(test_path).is_dir() else None
+        ds = load_folder(path, image_size, test_root=folder_test, workers=workers)
     elif path.exists():
         raise DataError(f"data path is neither a .npz file nor an image folder: {path}")
     else:
         raise DataError(f"data not found: '{spec}' is not a file, a folder, or a known dataset "
                         f"({', '.join(DATASETS.names())})")
-    if test_path is not None and ds.test is None and not path.is_dir():
-        test = load_dataset(test_path, image_size or ds.image_size[0])
-        ds.test = test.train
+    if test_path is not None and folder_test is None:
+        _load_test_path(ds, spec, test_path, image_size)
     if image_size is not None:
         if isinstance(ds.train, InMemorySplit):
-            ds.train = _resize_split(ds.train, image_size)
+            ds.train = _resize_split(ds.train, image_size, spec)
         if isinstance(ds.test, InMemorySplit):
-            ds.test = _resize_split(ds.test, image_size)
+            ds.test = _resize_split(ds.test, image_size, test_path or spec)
         ds.mean, ds.std = channel_stats(ds.train)
     return ds

@@ -19,10 +19,16 @@ class DataError(ValueError):
 class ImageSplit(Protocol):
     """One split. ``batches`` yields ``(images_uint8 (B,C,H,W), indices (B,), labels (B,) or None)``."""
 
-    num_images: int
     labels: torch.Tensor | None
-    channels: int
-    image_size: tuple[int, int]
+
+    @property
+    def num_images(self) -> int: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def image_size(self) -> tuple[int, int]: ...
 
     def batches(
         self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,

@@ -1,9 +1,9 @@
 """Image folders: ``root/<class>/<image>`` (labelled) or ``root/<image>`` (unlabelled, valid for pretraining).
 
-Images are decoded with PIL to a fixed square size (shorter side resized, centre crop). Folders that fit in
+Images are decoded with PIL to a fixed square size (the centred square crop, resized). Folders that fit in
 ``max_memory_bytes`` as uint8 are decoded once into memory; larger ones stream through DataLoader workers.
-Corrupt, truncated, empty or oversized (decompression-bomb) files are skipped with a counted warning; a folder
-where every file is bad is an error.
+Corrupt, truncated, empty, oversized (decompression-bomb) or extremely elongated files are skipped with a counted
+warning; a folder where every file is bad is an error. 16-bit grayscale is scaled to 8 bit, not clipped.
 """
 from __future__ import annotations
 
@@ -17,82 +17,96 @@ import numpy as np
 import torch
 
 from .base import DataError, ImageDataset, InMemorySplit
+from .scan import IMAGE_EXTENSIONS, scan_folder
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+__all__ = ["IMAGE_EXTENSIONS", "BadImage", "decode_image", "folder_channels", "load_folder", "scan_folder"]
+
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding (decompression-bomb guard)
+MAX_ASPECT = 100  # a longer side over 100x the shorter is refused before decoding (a 1-px strip, not a photo)
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+WIDE_INT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
 class BadImage(Exception):
     pass
 
 
-def scan_folder(root: str | Path) -> tuple[list[Path], list[int] | None, list[str]]:
-    """List image files; class subfolders give labels, a flat folder gives ``labels=None``."""
-    r = Path(root)
-    if not r.exists():
-        raise DataError(f"data path not found: {r}")
-    if not r.is_dir():
-        raise DataError(f"data path is neither a directory nor a .npz file: {r}")
-    subdirs = sorted(d for d in r.iterdir() if d.is_dir() and not d.name.startswith("."))
-    def images_in(d: Path, recursive: bool) -> list[Path]:
-        it = d.rglob("*") if recursive else d.iterdir()
-        return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if subdirs:
-        paths, labels, classes = [], [], []
-        for d in subdirs:
-            files = images_in(d, recursive=True)
-            if not files:
-                continue
-            classes.append(d.name)
-            paths += files
-            labels += [len(classes) - 1] * len(files)
-        flat = images_in(r, recursive=False)
-        if flat and paths:
-            warnings.warn(f"{r}: {len(flat)} images beside class folders are ignored", stacklevel=2)
-        if paths:
-            return paths, labels, classes
-    paths = images_in(r, recursive=False)
-    if not paths:
-        raise DataError(f"no images found in {r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return paths, None, []
+def _check_shape(w: int, h: int) -> None:
+    """Refuse from the header alone, before any pixel is decoded."""
+    if w <= 0 or h <= 0:
+        raise BadImage(f"{w}x{h} pixels: empty image")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise BadImage(f"{w}x{h} pixels exceeds the {MAX_ASPECT}:1 aspect-ratio limit")
+
+
+def _check_pixels(w: int, h: int) -> None:
+    """The pixels that will actually be decoded (a JPEG's after its DCT-scale reduction)."""
+    if w * h > MAX_PIXELS:
+        raise BadImage(f"{w}x{h} pixels exceeds the {MAX_PIXELS} pixel limit")
+
+
+def _to_8bit(im):
+    """16-bit (and 32-bit integer) grayscale to 8 bit: ``round(v * 255 / 65535)``, so 65535 -> 255, 32768 -> 128.
+
+    PIL's own ``convert("L")`` clips such images at 255 (every value above 255 would become white).
+    """
+    from PIL import Image
+
+    if im.mode not in WIDE_INT_MODES:
+        return im
+    a = np.asarray(im.convert("I"), dtype=np.int32).clip(0, 65535)
+    return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
 def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """Decode to uint8 (channels, size, size); raises :class:`BadImage` with the reason."""
+    """Decode to uint8 (channels, size, size): the centred square crop resized to ``size``.
+
+    Raises :class:`BadImage` with the reason. Sizes are checked from the header before any pixel is decoded,
+    JPEGs decode at the smallest DCT scale that still covers ``size`` (``Image.draft``), and only the crop's
+    source area is resampled, so a file's cost is bounded by its decoded pixels and ``size**2``.
+    """
     from PIL import Image, ImageFile
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    mode = "L" if channels == 1 else "RGB"
     try:
         if path.stat().st_size == 0:
             raise BadImage("empty file")
         with Image.open(path) as im:
+            _check_shape(*im.size)
+            if im.format == "JPEG":
+                im.draft(mode, (size, size))
+            _check_pixels(*im.size)
+            im = _to_8bit(im).convert(mode)
             w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise BadImage(f"{w}x{h} pixels exceeds the {MAX_PIXELS} pixel limit")
-            im = im.convert("L" if channels == 1 else "RGB")
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
+            side = min(w, h)
+            left, top = (w - side) / 2, (h - side) / 2
+            im = im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=None)
             arr = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
     except BadImage:
         raise
     except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), DecompressionBombError ...
-        raise BadImage(f"{type(e).__name__}: {e}") from None
+        raise BadImage(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _guess_channels(paths: list[Path]) -> int:
+def _native_channels(path: Path) -> int | None:
+    """1 or 3 from the file's header (nothing decoded); None when the header is unreadable."""
     from PIL import Image
 
-    for p in paths[:20]:
-        try:
-            with Image.open(p) as im:
-                return 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
-        except Exception:
-            continue
-    return 3
+    try:
+        with Image.open(path) as im:
+            return 1 if im.mode in GRAY_MODES else 3
+    except Exception:
+        return None
+
+
+def folder_channels(paths: list[Path]) -> tuple[int, int, int]:
+    """``(channels, n_gray, n_colour)`` from the headers: 3 channels if any image is in colour, else 1."""
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        native = list(ex.map(_native_channels, paths))
+    n_gray, n_colour = native.count(1), native.count(3)
+    return (3 if n_colour else 1), n_gray, n_colour
 
 
 def _report_bad(root: Path, bad: list[tuple[Path, str]], total: int) -> None:
@@ -106,18 +120,22 @@ def _report_bad(root: Path, bad: list[tuple[Path, str]], total: int) -> None:
 
 def load_folder_in_memory(paths: list[Path], labels: list[int] | None, size: int, channels: int,
                           root: Path) -> InMemorySplit:
-    def work(p: Path):
+    """Decode every file into one preallocated uint8 array (peak memory: the dataset once, not twice)."""
+    out = np.empty((len(paths), channels, size, size), np.uint8)
+
+    def work(i: int) -> str | None:
         try:
-            return decode_image(p, size, channels), None
+            out[i] = decode_image(paths[i], size, channels)
+            return None
         except BadImage as e:
-            return None, str(e)
+            return str(e)
 
     with ThreadPoolExecutor(max_workers=4) as ex:
-        results = list(ex.map(work, paths))
-    bad = [(p, err) for p, (arr, err) in zip(paths, results) if arr is None]
+        errors = list(ex.map(work, range(len(paths))))
+    bad = [(p, err) for p, err in zip(paths, errors) if err is not None]
     _report_bad(root, bad, len(paths))
-    keep = [i for i, (arr, _) in enumerate(results) if arr is not None]
-    x = torch.from_numpy(np.stack([results[i][0] for i in keep]))
+    keep = [i for i, err in enumerate(errors) if err is None]
+    x = torch.from_numpy(out if not bad else out[keep])
     y = torch.tensor([labels[i] for i in keep], dtype=torch.int64) if labels is not None else None
     return InMemorySplit(x, y)
 
@@ -186,13 +204,26 @@ class StreamingFolderSplit:
             warnings.warn(f"skipped {bad} unreadable images while streaming {self.paths[0].parent}", stacklevel=2)
 
 
+def _note_conversion(where: Path, channels: int, n_gray: int, n_colour: int, total: int) -> None:
+    n = n_gray if channels == 3 else n_colour
+    if n:
+        what = "grayscale images were converted to RGB (repeated)" if channels == 3 else \
+            "colour images were converted to grayscale (the train folder is grayscale)"
+        warnings.warn(f"{where}: {n} of {total} {what}", stacklevel=3)
+
+
 def load_folder(root: str | Path, image_size: int | None, *, test_root: str | Path | None = None,
                 workers: int = 0, max_memory_bytes: int = 2 << 30) -> ImageDataset:
-    """An ImageFolder (or flat folder) as an :class:`ImageDataset`; ``test_root`` adds a labelled test split."""
+    """An ImageFolder (or flat folder) as an :class:`ImageDataset`; ``test_root`` adds a labelled test split.
+
+    The channel count is decided from the whole train folder's headers: 3 if any image is in colour (grayscale
+    ones are repeated to RGB), else 1; the test folder is converted to it. Each conversion is counted in a warning.
+    """
     root = Path(root)
     size = image_size or 64
     paths, labels, classes = scan_folder(root)
-    channels = _guess_channels(paths)
+    channels, n_gray, n_colour = folder_channels(paths)
+    _note_conversion(root, channels, n_gray, n_colour, len(paths))
 
     def split(ps: list[Path], ls: list[int] | None, where: Path):
         if len(ps) * channels * size * size <= max_memory_bytes:
@@ -206,5 +237,7 @@ def load_folder(root: str | Path, image_size: int | None, *, test_root: str | Pa
         tpaths, tlabels, tclasses = scan_folder(test_root)
         if tclasses and classes and tclasses != classes:
             raise DataError(f"{test_root}: classes {tclasses[:5]} differ from {root}'s {classes[:5]}")
+        _, t_gray, t_colour = folder_channels(tpaths)
+        _note_conversion(Path(test_root), channels, t_gray, t_colour, len(tpaths))
         test = split(tpaths, tlabels, Path(test_root))
     return ImageDataset(root.name, train, test, classes)

@@ -12,6 +12,8 @@ from numpy.lib import format as npformat
 
 from .base import DataError, ImageDataset, InMemorySplit
 
+MAX_CLASSES = 100_000  # labels are class indices 0..C-1; C is bounded so evaluation heads and votes stay bounded
+
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:200]
@@ -28,11 +30,25 @@ def _images(arr: np.ndarray, path: Path, key: str) -> torch.Tensor:
 
 
 def _labels(arr: np.ndarray, n: int, path: Path, key: str) -> torch.Tensor:
+    """Integer class indices in ``[0, MAX_CLASSES)``, checked before any conversion (uint64 never wraps)."""
     if arr.ndim != 1 or len(arr) != n or not np.issubdtype(arr.dtype, np.integer):
         raise DataError(f"{path}: '{key}' must be {n} integer labels, got {arr.dtype} {arr.shape}")
-    if len(arr) and arr.min() < 0:
-        raise DataError(f"{path}: '{key}' has negative labels")
+    if len(arr) and int(arr.min()) < 0:
+        raise DataError(f"{path}: '{key}' has negative labels (min {int(arr.min())})")
+    if len(arr) and int(arr.max()) >= MAX_CLASSES:
+        raise DataError(f"{path}: '{key}' has label {int(arr.max())}, over the limit of {MAX_CLASSES - 1} "
+                        f"(labels are class indices 0..C-1 with at most {MAX_CLASSES} classes)")
     return torch.from_numpy(arr.astype(np.int64))
+
+
+def _classes(arr: np.ndarray, path: Path, num_labels: int) -> list[str]:
+    """The optional ``classes`` key: one name per class index, at least as many as the labels use."""
+    if arr.ndim != 1 or len(arr) > MAX_CLASSES:
+        raise DataError(f"{path}: 'classes' must be a 1-D array of at most {MAX_CLASSES} names, got {arr.shape}")
+    names = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in arr.tolist()]
+    if len(names) < num_labels:
+        raise DataError(f"{path}: 'classes' has {len(names)} names but the labels use {num_labels} classes")
+    return names
 
 
 def memory_limit() -> int:
@@ -104,11 +120,11 @@ def load_npz(path: str | Path, *, max_bytes: int | None = None) -> ImageDataset:
                 raise DataError(f"{p}: x_test images {tuple(x_test.shape[1:])} differ from x_train {tuple(x_train.shape[1:])}")
             y_test = _labels(z["y_test"], len(x_test), p, "y_test") if "y_test" in keys else None
             test = InMemorySplit(x_test, y_test)
-        classes = [str(c) for c in z["classes"]] if "classes" in keys else []
+        used = max([int(y.max()) + 1 for y in (y_train, test.labels if test else None) if y is not None and len(y)]
+                   or [0])
+        classes = _classes(z["classes"], p, used) if "classes" in keys else [str(i) for i in range(used)]
     except DataError:
         raise
     except Exception as e:  # corrupt member inside a valid zip
         raise DataError(f"{p}: cannot read arrays ({type(e).__name__}: {_first_line(e)})") from None
-    if not classes and y_train is not None:
-        classes = [str(i) for i in range(int(y_train.max()) + 1)]
     return ImageDataset(p.stem, InMemorySplit(x_train, y_train), test, classes)

@@ -79,7 +79,7 @@ def init_distributed(device_name: str, timeout_min: float = 5.0) -> tuple[DistCo
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(minutes=timeout_min), rank=rank, world_size=world)
     ctx = DistContext(rank, world, local)
-    kinds = [None] * world
+    kinds: list[str | None] = [None] * world
     dist.all_gather_object(kinds, device.type)
     if len(set(kinds)) > 1:
         raise ConfigError(f"ranks run on different device types {kinds}: every rank must use the same "

@@ -6,7 +6,7 @@
 - ``rankme``: effective rank ``exp(H(σ/‖σ‖₁))`` of the embedding matrix's singular values σ (RankMe, Garrido
   et al. 2023); between 1 (every embedding on one line) and min(B, D).
 - For softmax-output methods (DINO, SwAV; ``MethodOutput.probs`` (B, K)), the two collapse forms of DINO
-  (Caron et al. 2021, seed 001): ``out_entropy``, the mean per-sample entropy, near log K when every output is
+  (Caron et al. 2021): ``out_entropy``, the mean per-sample entropy, near log K when every output is
   uniform; ``out_marginal_entropy``, the entropy of the batch-mean distribution, near 0 when one dimension
   dominates for every input. Both are divided by log K (``*_ratio``) for the thresholds.
 

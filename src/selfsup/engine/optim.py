@@ -51,7 +51,8 @@ class LARS(torch.optim.Optimizer):
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool = True) -> list[dict]:
     """Two groups: weights with decay, and norms/biases (1-D parameters) without decay or LARS adaptation."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -75,7 +76,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, weight_decay:
     if cfg.name == "adamw":
         for g in groups:
             g.pop("lars_exclude", None)
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), **({"fused": True} if fused else {}))
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), **({"fused": True} if fused else {}))
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum)
     raise ConfigError(f"unknown optimizer 'optim.name={cfg.name}'; known: {', '.join(OPTIMIZERS)}")

@@ -113,18 +113,39 @@ def _cell(m: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
     return s
 
 
-def to_markdown(rows: list[RunRow]) -> str:
+CAPTION = "Top-1 % on the test split: mean ± std over seeds (random-init baseline in parentheses)."
+
+
+def table_cells(rows: list[RunRow]) -> tuple[list[str], list[list[str]], list[str]]:
+    """The table as plain strings: header, one row per run, and the notes (a run's missing files); the HTML
+    comparison page renders these, :func:`to_markdown` escapes them."""
     cols = columns(rows)
     head = ["run", "method", "backbone", "epochs", "wall-clock (min)", "images/s"] + [_label(*c) for c in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for r in rows:
         base = _base_values(r)
         vals = ["-" if base[k] is None else str(base[k]) for k in BASE_FIELDS]
         vals += [_cell(_metric(r.evals, p, m), _metric(r.evals, p, m, baseline=True)) for p, m in cols]
-        lines.append("| " + " | ".join(vals) + " |")
-    notes = [f"- {r.name}: {', '.join(r.notes)}" for r in rows if r.notes]
-    lines += ["", "Top-1 % on the test split: mean ± std over seeds (random-init baseline in parentheses)."]
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+        body.append(vals)
+    return head, body, [f"{r.name}: {', '.join(r.notes)}" for r in rows if r.notes]
+
+
+_MD = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]", "&": "&amp;", "<": "&lt;",
+                     ">": "&gt;", "\n": " ", "\r": " "})
+
+
+def md_escape(v: object) -> str:
+    """A value as the text of one Markdown table cell: ``|`` (a column), a newline (a row), backticks (code),
+    brackets (links) and HTML are escaped, so a run named ``a|b<script>`` stays one cell of text."""
+    return str(v).translate(_MD)
+
+
+def to_markdown(rows: list[RunRow]) -> str:
+    head, body, notes = table_cells(rows)
+    lines = ["| " + " | ".join(map(md_escape, head)) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(md_escape, vals)) + " |" for vals in body]
+    lines += ["", CAPTION]
+    return "\n".join(lines + ([""] + [f"- {md_escape(n)}" for n in notes] if notes else [])) + "\n"
 
 
 def to_csv(rows: list[RunRow]) -> str:

@@ -1,5 +1,5 @@
-"""Layer-wise linear probes: one cached-feature linear probe per named backbone stage (seed 002's PIRL vs
-Jigsaw figure). Stage outputs are average-pooled over space (or tokens) to (N, C_stage).
+"""Layer-wise linear probes: one cached-feature linear probe per named backbone stage (Misra & van der
+Maaten 2020: Jigsaw's features peak mid-network, PIRL's keep rising). Stage outputs are average-pooled over space (or tokens) to (N, C_stage).
 
 Shows where in the network the representation becomes linearly separable, and whether the pretext task
 specialised the last layers (accuracy dropping at the end). ``layers.png`` plots trained vs random init.

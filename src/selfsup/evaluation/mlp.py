@@ -1,4 +1,5 @@
-"""MLP probe on cached frozen features: the 2-layer MLP with a ReLU between (seed 001's step 5).
+"""MLP probe on cached frozen features: the 2-layer MLP with a ReLU between, the non-linear
+probe beside the linear one.
 
 Features are standardised with train statistics; the MLP ``Linear(D, hidden) → ReLU → Linear(hidden, C)`` is
 built with :func:`selfsup.heads.mlp.mlp` (no norm) and trained with AdamW on mini-batches of features, so it

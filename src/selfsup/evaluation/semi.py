@@ -1,6 +1,6 @@
 """Semi-supervised evaluation: train with a stratified fraction of the labels, test on the full test set.
 
-Seed 004's table (SimCLR's 1% / 10% ImageNet labels). For each fraction f and seed s, every class keeps
+SimCLR's semi-supervised table (Chen et al. 2020: 1 % / 10 % of ImageNet's labels). For each fraction f and seed s, every class keeps
 ``round(f · n_class)`` of its train images, drawn with a generator seeded by s; a fraction that leaves a class
 with no image is an error. The indices (into the train split) are written to
 ``RUN/label-subsets/frac<f>-seed<s>.json`` so a number can be reproduced elsewhere. ``mode=linear`` (default)

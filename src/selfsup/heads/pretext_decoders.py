@@ -4,12 +4,14 @@ Like projectors, these are discarded after pretraining; only the backbone is eva
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def last_stage_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def last_stage_map(backbone: Any, x: torch.Tensor) -> torch.Tensor:
     """The backbone's last named stage ``(B, num_features, h, w)``: what the decoders read. Convolutional
     backbones only (the ResNets and the ConvNet, whose last stage has ``num_features`` channels)."""
     y = backbone.forward_stages(x)[backbone.stage_names[-1]]
@@ -41,7 +43,7 @@ class ConvDecoder(nn.Module):
         self.out = nn.Conv2d(width, out_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | int) -> torch.Tensor:
-        size = (size, size) if isinstance(size, int) else tuple(size)
+        size = (size, size) if isinstance(size, int) else (size[0], size[1])
         y = self.blocks(self.inp(x))
         if tuple(y.shape[-2:]) != size:
             y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)

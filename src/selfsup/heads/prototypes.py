@@ -1,9 +1,15 @@
-"""Weight-normalised linear layers: SwAV's prototypes and the last layer of the DINO head.
+"""The last layer of the DINO head (weight-normalised) and SwAV's prototypes (renormalised after each step).
 
-Each output unit ``k`` has a direction ``v_k``; the layer computes ``g_k · <x, v_k / ||v_k||>`` (Salimans & Kingma
-2016). With the gain fixed to 1 the outputs are cosine similarities to unit-norm prototypes when ``x`` is
-L2-normalised (SwAV normalises its prototypes after every step; computing with ``v / ||v||`` is the same thing
-without an in-place edit of the weights).
+:class:`WeightNormLinear` (DINO): each output unit ``k`` has a direction ``v_k``; the layer computes
+``g_k · <x, v_k / ||v_k||>`` (Salimans & Kingma 2016), the gradient flowing through the normalisation.
+
+:class:`Prototypes` (SwAV) is a plain linear layer whose rows are put back on the unit sphere after every
+optimizer step (:meth:`Prototypes.normalize_`, which the SwAV method's part calls from the engine's ``after_step``;
+the authors' ``main_swav.py`` does the same at the start of each iteration):
+the forward computes ``<x, c_k>`` with the stored unit rows, so the gradient is that of the plain dot product. The
+values equal a weight-normalised layer's, the gradients do not: through the normalisation only the component
+orthogonal to ``c_k`` remains, divided by ``||v_k||``, which at a small initialisation (std 0.02) makes the
+prototypes rotate many times faster than the paper's under plain SGD.
 
 Both papers freeze this layer for the first epoch: ``forward(x, frozen=True)`` uses detached weights so no
 gradient reaches them (and optimizers skip a parameter whose ``grad`` is None, weight decay included).
@@ -40,10 +46,40 @@ class WeightNormLinear(nn.Module):
         return F.linear(x, w.to(x.dtype))
 
 
-class Prototypes(WeightNormLinear):
-    """SwAV's K prototypes (Caron et al. 2020): scores (B, K) = cosine of the normalised embedding to each one."""
+class Prototypes(nn.Module):
+    """SwAV's K prototypes (Caron et al. 2020): ``weight`` (K, dim), unit rows; scores (B, K) = ``x · weightᵀ``,
+    the cosine to each prototype for an L2-normalised ``x``. Rows are normalised at construction; the owner calls
+    :meth:`normalize_` after every optimizer step."""
+
+    UNIT_TOLERANCE = 1e-4  # rows further from norm 1 on load come from a checkpoint that did not renormalise
 
     def __init__(self, dim: int, count: int) -> None:
         if count < 2:
             raise ConfigError(f"method.n_prototypes must be >= 2, got {count}")
-        super().__init__(dim, count, learn_gain=False)
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(count, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.normalize_()
+
+    @property
+    def out_dim(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: torch.Tensor, *, frozen: bool = False) -> torch.Tensor:
+        """x: (B, dim) → (B, K) with the stored rows (no normalisation here, so none in the gradient).
+        ``frozen``: no gradient reaches the prototypes."""
+        w = self.weight.detach() if frozen else self.weight
+        return F.linear(x, w.to(x.dtype))
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """Put every row back on the unit sphere, in place."""
+        self.weight.copy_(F.normalize(self.weight, dim=1))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        norms = self.weight.detach().norm(dim=1)
+        if not bool(((norms - 1).abs() <= self.UNIT_TOLERANCE).all()):
+            self.normalize_()  # an older checkpoint (normalised in the forward); unit rows are kept bit for bit

@@ -10,8 +10,10 @@ import torch
 
 from ..errors import ConfigError
 from .distillation import cross_view_cross_entropy
+from .precision import fp32_loss
 
 
+@fp32_loss
 def swapped_prediction(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """scores: (V, B, K) prototype scores of all views (the code views first); codes: (V_c, B, K) soft codes,
     rows summing to 1. Returns the scalar SwAV loss."""

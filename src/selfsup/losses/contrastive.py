@@ -13,12 +13,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .precision import fp32_loss
+
 
 def check_temperature(temperature: float, name: str = "temperature") -> None:
     if not temperature > 0:
         raise ValueError(f"{name} must be > 0, got {temperature}")
 
 
+@fp32_loss
 def info_nce(query: torch.Tensor, keys: torch.Tensor, positive: torch.Tensor, temperature: float,
              mask: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of each query against all keys, the positive key being the target.
@@ -37,6 +40,7 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, positive: torch.Tensor, te
     return F.cross_entropy(logits.float(), positive)
 
 
+@fp32_loss
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """NT-Xent over two views. z1, z2: (N, D) projections (normalised here). Scalar loss.
 
@@ -53,6 +57,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     return info_nce(z, z, positive, temperature, mask=self_mask)
 
 
+@fp32_loss
 def nce_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, log_norm: torch.Tensor | float) -> torch.Tensor:
     """Binary NCE of Wu et al. 2018 (NPID, eq. 5-6) and Misra & van der Maaten 2020 (PIRL, eq. 3-4).
 
@@ -71,6 +76,7 @@ def nce_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, log_norm: torch
     return (pos + neg).mean()
 
 
+@fp32_loss
 def nce_log_norm(neg_logits: torch.Tensor) -> torch.Tensor:
     """``c = log(m · mean exp(neg_logits))`` from (N, m) noise logits: NPID's normaliser estimate (a 0-d tensor)."""
     return torch.logsumexp(neg_logits.detach().float().flatten(), 0) - math.log(neg_logits.shape[0])

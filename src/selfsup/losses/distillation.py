@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .precision import fp32_loss
 
 
 def _check_pair(p: torch.Tensor, z: torch.Tensor, name: str) -> None:
@@ -22,6 +23,7 @@ def _check_pair(p: torch.Tensor, z: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} expects two (N, D) tensors of the same shape, got {tuple(p.shape)} and {tuple(z.shape)}")
 
 
+@fp32_loss
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL's loss: mean over the batch of ``2 − 2·cos(p_i, z_i)``. p: (N, D) predictions, z: (N, D) targets."""
     _check_pair(p, z, "normalized_mse")
@@ -29,12 +31,14 @@ def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * cos).mean()
 
 
+@fp32_loss
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """SimSiam's loss D(p, z): mean over the batch of ``−cos(p_i, stopgrad(z_i))``; in [−1, 1]."""
     _check_pair(p, z, "negative_cosine")
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
 
 
+@fp32_loss
 def cross_view_cross_entropy(student_logits: torch.Tensor, target_probs: torch.Tensor,
                              temperature: float) -> torch.Tensor:
     """Mean over ordered pairs (target view t, student view s ≠ t) and samples of ``−Σ_k q_t[k] log p_s[k]``.
@@ -59,6 +63,7 @@ def cross_view_cross_entropy(student_logits: torch.Tensor, target_probs: torch.T
     return ce[keep].mean()
 
 
+@fp32_loss
 def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center: torch.Tensor,
               student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
     """DINO: ``H(softmax((g_t − c)/τ_t), softmax(g_s/τ_s))`` averaged over view pairs (teacher ≠ student view).

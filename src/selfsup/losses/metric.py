@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .contrastive import info_nce
+from .precision import fp32_loss
 
 TRIPLET_MINING = ("all", "batch-hard", "semi-hard")
 
@@ -40,6 +41,7 @@ def _off_diagonal(n: int, device: torch.device) -> torch.Tensor:
     return ~torch.eye(n, dtype=torch.bool, device=device)
 
 
+@fp32_loss
 def margin_contrastive_loss(anchor: torch.Tensor, positive: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
     """Pairwise margin loss: ``½·mean_i d_ii² + ½·mean_{i≠j} max(0, margin − d_ij)²``.
 
@@ -55,6 +57,7 @@ def margin_contrastive_loss(anchor: torch.Tensor, positive: torch.Tensor, margin
     return 0.5 * pos + 0.5 * neg
 
 
+@fp32_loss
 def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, margin: float = 0.2, mining: str = "semi-hard"
                  ) -> torch.Tensor:
     """FaceNet's triplet loss on squared distances: ``max(0, d²(a, p) − d²(a, n) + margin)``.
@@ -84,6 +87,7 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, margin: float = 0
     return F.relu(d_ap - d_an + margin).mean()
 
 
+@fp32_loss
 def npair_loss(anchor: torch.Tensor, positive: torch.Tensor, l2_reg: float = 0.002) -> torch.Tensor:
     """Multi-class N-pair loss: ``mean_i log(1 + Σ_{j≠i} exp(f_i·f⁺_j − f_i·f⁺_i))`` + ``l2_reg``·mean ||f||².
 

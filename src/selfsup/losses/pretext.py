@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from .contrastive import info_nce
+from .precision import fp32_loss
 
 
+@fp32_loss
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the masked region only (Pathak et al. 2016, Eq. 1: ``||M ⊙ (x - F((1-M) ⊙ x))||²``,
     averaged over the masked elements so the scale does not depend on the mask size).
@@ -21,6 +23,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return ((pred - target).pow(2) * m).sum() / m.sum().clamp_min(1.0)
 
 
+@fp32_loss
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
                        ) -> torch.Tensor:
     """Multinomial cross-entropy against soft targets, optionally rebalanced per pixel (Zhang et al. 2016, Eq. 2).
@@ -44,6 +47,7 @@ def cpc_positive_index(batch: int, rows: int, cols: int, step: int, device=None)
     return (b * rows * cols + (i + step) * cols + j).flatten()
 
 
+@fp32_loss
 def cpc_info_nce(pred: torch.Tensor, z: torch.Tensor, step: int, temperature: float = 0.1,
                  normalize: bool = True) -> torch.Tensor:
     """CPC's InfoNCE for one prediction distance (van den Oord et al. 2018, Eq. 4; Hénaff et al. 2019).
@@ -63,6 +67,7 @@ def cpc_info_nce(pred: torch.Tensor, z: torch.Tensor, step: int, temperature: fl
     return info_nce(q, k, cpc_positive_index(b, r, w, step, z.device), temperature)
 
 
+@fp32_loss
 def gan_losses(d_real: torch.Tensor, d_fake_detached: torch.Tensor, d_fake_for_g: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-saturating GAN losses from discriminator logits (Goodfellow et al. 2014; Pathak et al. 2016, Eq. 2).

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import fp32_loss
+
 
 def _check_pair(z1: torch.Tensor, z2: torch.Tensor, name: str) -> None:
     if z1.shape != z2.shape or z1.ndim != 2:
@@ -26,6 +28,7 @@ def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
     return m.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
 
 
+@fp32_loss
 def cross_correlation(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """C (D, D): ``C_ij = Σ_b ẑ1_bi ẑ2_bj / N`` with ẑ standardised per dimension over the batch (biased std)."""
     def std(z: torch.Tensor) -> torch.Tensor:
@@ -35,6 +38,7 @@ def cross_correlation(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-5) -> 
     return z1.T @ z2 / z1.shape[0]
 
 
+@fp32_loss
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
     """Barlow Twins: ``Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²``. z1, z2: (N, D). Scalar."""
     _check_pair(z1, z2, "barlow_twins_loss")
@@ -44,17 +48,20 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
     return on + lambd * off
 
 
+@fp32_loss
 def invariance_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """VICReg s(z1, z2): mean squared error over all N·D entries."""
     return F.mse_loss(z1.float(), z2.float())
 
 
+@fp32_loss
 def variance_loss(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
     """VICReg v(z): ``mean_j max(0, γ − sqrt(Var_b(z_bj) + ε))`` with the unbiased variance. z: (N, D)."""
     std = torch.sqrt(z.float().var(dim=0) + eps)
     return F.relu(gamma - std).mean()
 
 
+@fp32_loss
 def covariance_loss(z: torch.Tensor) -> torch.Tensor:
     """VICReg c(z): ``Σ_{i≠j} Cov(z)_ij² / D`` with the unbiased covariance over the batch. z: (N, D)."""
     n, d = z.shape
@@ -63,6 +70,7 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
     return _off_diagonal(cov).pow(2).sum() / d
 
 
+@fp32_loss
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
                 cov_weight: float = 1.0, gamma: float = 1.0) -> torch.Tensor:
     """VICReg: ``λ s(z1, z2) + μ (v(z1) + v(z2)) / 2 + ν (c(z1) + c(z2))``. z1, z2: (N, D). Scalar.

@@ -113,7 +113,7 @@ class DINO(Method):
         t = torch.stack(self.teacher(torch.cat(views[:n_global])).chunk(n_global))  # (V_g, B, K), no grad
         tt = self.teacher_temp(ctx.progress)
         loss = dino_loss(s, t, self.center.center, self.cfg.student_temp, tt)
-        self.center.observe(t.flatten(0, 1))
+        self.center.observe(t.flatten(0, 1), ctx)
         logs = {"teacher_temp": torch.tensor(tt), "ema_momentum": self.teacher.last_momentum.detach().clone()}
         # teacher output distribution of the first global crop, for the entropy collapse monitors
         probs = torch.softmax((t[0] - self.center.center) / tt, dim=-1).detach()

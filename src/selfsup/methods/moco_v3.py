@@ -20,6 +20,7 @@ from ..components.gather import gather_no_grad, rank
 from ..errors import ConfigError
 from ..heads.mlp import mlp
 from ..losses.contrastive import info_nce
+from ..losses.precision import fp32_loss
 from .base import Method, MethodOutput, ViewBatch, register_method
 from .moco import check_momentum, check_positive_temperature, momentum_schedule
 
@@ -42,6 +43,7 @@ class MoCoV3Config:
             raise ConfigError(f"method.proj_layers must be >= 1, got {self.proj_layers}")
 
 
+@fp32_loss
 def ctr_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
     """MoCo v3's ``ctr(q, k)``: InfoNCE of q (B, D) against the keys k (B, D) of the batch, scaled by 2τ.
 

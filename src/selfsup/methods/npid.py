@@ -24,6 +24,7 @@ from ..components.memory_bank import MemoryBank
 from ..errors import ConfigError
 from ..heads.mlp import projection_head
 from ..losses.contrastive import info_nce, nce_log_norm, nce_loss
+from ..losses.precision import fp32_loss
 from .base import Method, MethodOutput, ViewBatch, register_method
 from .moco import check_positive_temperature
 
@@ -53,12 +54,14 @@ class BankLoss(torch.nn.Module):
 
     Holds NCE's log-normaliser ``c = log(m·Z/n)``: −inf until the first step estimates it, then fixed (Wu et al.).
     """
+    log_norm: torch.Tensor
 
     def __init__(self, loss: str, temperature: float) -> None:
         super().__init__()
         self.loss, self.temperature = loss, temperature
         self.register_buffer("log_norm", torch.tensor(float("-inf")))
 
+    @fp32_loss
     def forward(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x.float(), dim=1)
         if self.loss == "softmax":
@@ -114,5 +117,5 @@ class NPID(Method):
         f = F.normalize(self.projector(h), dim=1)
         idx = batch.index
         loss = self.criterion(f, self.bank.positives_and_negatives(idx, self.cfg.num_negatives))
-        self.bank.stage(idx, f)
+        self.bank.stage(idx, f, ctx)
         return MethodOutput(loss=loss, embedding=h.detach())

@@ -91,7 +91,7 @@ class PIRL(Method):
         keys = self.bank.positives_and_negatives(idx, self.cfg.num_negatives)  # m_I and the same negatives for both
         lam = self.cfg.lambda_jigsaw
         loss_jig, loss_img = self.criterion(g, keys), self.criterion(f, keys)
-        self.bank.stage(idx, f)
+        self.bank.stage(idx, f, ctx)
         return MethodOutput(loss=lam * loss_jig + (1 - lam) * loss_img,
                             logs={"loss_jigsaw": loss_jig.detach(), "loss_image": loss_img.detach()},
                             embedding=h.detach())

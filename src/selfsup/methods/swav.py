@@ -8,6 +8,10 @@ What prevents collapse: the equipartition constraint of Sinkhorn-Knopp (each pro
 With small batches (B < K) equipartition over one batch is too coarse; ``queue_size > 0`` keeps the embeddings
 of earlier batches (one :class:`FeatureQueue` per global crop) and computes the codes over queue + batch.
 The prototypes are frozen for the first ``freeze_prototypes_epochs`` epoch(s), as in the paper.
+
+The prototypes are unit vectors: their rows are renormalised after every optimizer step (the engine's
+``after_step``), and the forward uses the stored rows, so the gradient is that of the plain dot product
+``z·c_k``, as in the paper (the authors' code renormalises at the start of each iteration, the same thing).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment.multicrop import count_global_views, group_by_size
-from ..components.base import StepContext
+from ..components.base import SharedPart, StepContext
 from ..components.gather import gather_no_grad, rank_rows
 from ..components.queue import FeatureQueue
 from ..components.sinkhorn import check_epsilon, sinkhorn_knopp
@@ -54,6 +58,13 @@ class SwAVConfig:
                 raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
 
 
+class RenormalisedPrototypes(Prototypes, SharedPart):
+    """SwAV's prototypes as a shared part: rows back on the unit sphere after every optimizer step."""
+
+    def after_step(self, ctx: StepContext) -> None:
+        self.normalize_()
+
+
 @register_method("swav", help="SwAV: swapped prediction of Sinkhorn-Knopp cluster codes, multi-crop (Caron et al. 2020)")
 class SwAV(Method):
     Config = SwAVConfig
@@ -71,7 +82,7 @@ class SwAV(Method):
         super().__init__(backbone, cfg, **kw)
         c = self.cfg
         self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, 2)
-        self.prototypes = Prototypes(c.proj_dim, c.n_prototypes)
+        self.prototypes = RenormalisedPrototypes(c.proj_dim, c.n_prototypes)
         self.queues = nn.ModuleList(
             [FeatureQueue(c.queue_size, c.proj_dim) for _ in range(self.N_CODE_VIEWS)] if c.queue_size else [])
 

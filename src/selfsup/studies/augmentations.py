@@ -1,4 +1,4 @@
-"""``selfsup study augmentations``: SimCLR's augmentation ablation matrix (Chen et al. 2020, Fig. 5; seed 001).
+"""``selfsup study augmentations``: SimCLR's augmentation ablation matrix (Chen et al. 2020, Fig. 5).
 
 Each cell pretrains SimCLR with one pair of transformations composed (both views draw their own parameters),
 and reports the kNN top-1 of the frozen backbone; the diagonal is one transformation alone. The pipeline applies

@@ -1,5 +1,5 @@
 """``selfsup study projection-head``: no head vs a linear head vs SimCLR's MLP head, probing both the backbone
-output h and the head output z (SimCLR Fig. 8; seed 003: the head matters, and downstream tasks should use h).
+output h and the head output z (SimCLR, Chen et al. 2020, Fig. 8: the head matters, and downstream tasks should use h).
 
 Heads: ``none`` (``method.proj_layers=0``: the loss sees h, so z = h), ``linear`` (one layer to proj_dim),
 ``mlp`` (SimCLR's two layers). kNN and linear probes on h and on z per head.

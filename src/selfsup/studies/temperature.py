@@ -1,4 +1,4 @@
-"""``selfsup study temperature``: NT-Xent temperature sweep (seed 001 stresses SimCLR's sensitivity to τ).
+"""``selfsup study temperature``: NT-Xent temperature sweep (SimCLR's sensitivity to τ, Chen et al. 2020).
 
 One cell per temperature, everything else fixed (SimCLR's default views and head); kNN top-1 per cell, and the
 linear probe when asked (``--probe linear``).

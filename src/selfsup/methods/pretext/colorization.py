@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
 from ...augment.color import AB_SCALE, NormalizedRGBToLab, ab_bin_centers, encode_ab, rebalancing_weights, scale_lab
@@ -91,6 +92,7 @@ class LabInputMethod(Method):
 
 @register_method("colorization", help="predict ab colour from L in Lab space (Zhang et al. 2016); backbone sees L")
 class Colorization(LabInputMethod):
+    centers: torch.Tensor
     Config = ColorizationConfig
     default_augment = "crop-flip"
     default_optimizer = "adamw"

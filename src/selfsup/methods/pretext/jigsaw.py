@@ -52,6 +52,7 @@ class JigsawConfig:
 
 @register_method("jigsaw", help="solve 3x3 jigsaw puzzles: classify the tile permutation (Noroozi & Favaro 2016)")
 class Jigsaw(Method):
+    permutations: torch.Tensor
     Config = JigsawConfig
     default_augment = "crop-flip"
     base_lr = 0.1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
 from ...augment.color import AB_SCALE, NormalizedRGBToLab, ab_bin_centers, encode_ab, quantize_l, scale_lab
@@ -55,6 +56,7 @@ class SplitBrainConfig:
 @register_method("split-brain",
                  help="two sub-networks predict L->ab and ab->L; features concatenated (Zhang et al. 2017)")
 class SplitBrain(LabInputMethod):
+    centers: torch.Tensor
     Config = SplitBrainConfig
     default_augment = "crop-flip"
     default_optimizer = "adamw"
