@@ -116,6 +116,7 @@ def set_cases() -> list[Case]:
     for key, values in SET_RANGE.items():
         for v in values:
             needles = (key, v) if "/" in v or key.endswith((".preset", ".name")) else (key,)
+            needles += ("--image-size",) if key == "data.image_size" else ()
             cases.append(Case(f"--set {key}={v} (range)", pretrain("--set", f"{key}={v}"), needles))
     for method, keys in METHOD_SET.items():
         for k, values in keys.items():
