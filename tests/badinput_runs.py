@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-
 from badinput_cases import Case, pretrain
 
 

@@ -17,11 +17,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import badinput_cases as C
 import badinput_runs as R
+import numpy as np
+import pytest
 from badinput_runner import TreeSnapshot, judge, run_cli
 
 CASES: list[C.Case] = (C.flag_cases() + C.set_cases() + C.yaml_cases() + R.foreign_cases() + R.data_cases()

@@ -88,7 +88,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line usage error (``selfsup pretrain: error: argument --epochs: invalid int value:
     'x' (see selfsup pretrain --help)``) instead of the usage block and the error; subcommands inherit it."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
