@@ -31,7 +31,7 @@ from selfsup.config import (
     build_run_config,
 )
 from selfsup.config_checks import Limits
-from selfsup.engine.trainer import build_run
+from selfsup.engine.build import build_run
 from selfsup.methods.base import build_method
 from selfsup.registry import METHODS
 

@@ -6,14 +6,13 @@ flags (``--epochs`` ...) → ``--set section.key=value``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, apply_overrides, build_run_config, load_yaml, method_section
 from ..errors import ConfigError
-from ..registry import METHODS
+from ..registry import METHODS, UnknownNameError
 
 # flag → (section, key)
 FLAG_KEYS = {
@@ -33,11 +32,38 @@ def preset_names() -> list[str]:
 
 def load_config_arg(value: str) -> dict[str, Any]:
     p = Path(value)
+    if p.is_dir():
+        raise ConfigError(f"--config {p} is a directory, not a YAML file")
     if p.suffix in (".yaml", ".yml") or p.exists():
-        return load_yaml(p)
+        try:
+            return load_yaml(p)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); a config file is UTF-8 YAML") from None
+        except RecursionError:
+            raise ConfigError(f"{p}: nested too deeply to be a config") from None
     if value in preset_names():
         return load_yaml(Path(str(resources.files("selfsup.configs") / f"{value}.yaml")))
     raise ConfigError(f"--config '{value}' is neither a YAML file nor a preset; presets: {', '.join(preset_names())}")
+
+
+def _set_flag(raw: dict[str, Any], section: str, key: str, value: Any, where: str) -> None:
+    """Put a named flag's value into its section of the raw config (an empty YAML section takes it; one that is
+    not a mapping is a one-line error naming it, not a crash)."""
+    if raw.get(section) is None:
+        raw[section] = {}
+    elif section == "method" and isinstance(raw[section], str):  # "method: simclr" shorthand
+        raw[section] = {"name": raw[section]}
+    _check_section(raw, section, where)
+    if section == "method" and key == "name" and raw[section].get("name") not in (None, value):
+        raw[section] = {}  # another method: the file's method keys do not apply
+    raw[section][key] = value
+
+
+def _check_section(raw: dict[str, Any], section: str, where: str) -> None:
+    if not isinstance(raw[section], dict):
+        shown = repr(raw[section])
+        raise ConfigError(f"{where}section '{section}' must be a mapping of keys, got "
+                          f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -67,30 +93,39 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
     raw: dict[str, Any] = dict(base or {})
+    from_file: dict[str, Any] | None = None
     if getattr(args, "config", None):
-        raw = {**raw, **load_config_arg(args.config)}
+        from_file = load_config_arg(args.config)
+        raw = {**raw, **from_file}
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    where = f"{args.config}: " if getattr(args, "config", None) else ""
     for flag, (section, key) in FLAG_KEYS.items():
         v = getattr(args, flag, None)
         if v is not None:
-            _set_flag(raw, section, key, v, flag)
-    name, _ = method_section(raw.get("method"))
-    fields = [f.name for f in dataclasses.fields(METHODS.get(name).Config)]
+            _set_flag(raw, section, key, v, where)
+    try:
+        name, _ = method_section(raw.get("method"))
+        cls = METHODS.get(name)
+    except (ConfigError, UnknownNameError) as e:
+        if from_file is not None and getattr(args, "method", None) is None:
+            raise type(e)(f"{where}{e}") from None  # the method came from the file
+        raise
+    fields = list(getattr(cls.Config, "__dataclass_fields__", {}))
     raw = apply_overrides(raw, getattr(args, "set", []) or [], method_fields=fields)
-    return build_run_config(raw)
+    try:
+        return build_run_config(raw)
+    except (ConfigError, UnknownNameError) as e:
+        if from_file is not None and _same_error(from_file, str(e)):
+            raise type(e)(f"{where}{e}") from None  # the file alone has it: say which file
+        raise
 
 
-def _set_flag(raw: dict[str, Any], section: str, key: str, value: Any, flag: str) -> None:
-    """Put a named flag's value into its section of the raw config (a YAML section that is not a mapping is a
-    one-line error naming it, not a crash)."""
-    current = raw.get(section)
-    if current is None:
-        current = raw[section] = {}
-    elif isinstance(current, str) and section == "method":  # "method: simclr" shorthand
-        current = raw[section] = {"name": current}
-    if not isinstance(current, dict):
-        raise ConfigError(f"--{flag.replace('_', '-')}: the config's '{section}' section must be a mapping of "
-                          f"keys, got {current!r}")
-    if section == "method" and key == "name" and current.get("name") not in (None, value):
-        current = raw[section] = {}  # another method: the file's method keys do not apply
-    current[key] = value
+def _same_error(file_raw: dict[str, Any], message: str) -> bool:
+    """Whether the config file on its own (flags and --set aside) fails with ``message``."""
+    try:
+        build_run_config(file_raw)
+    except (ConfigError, UnknownNameError) as e:
+        return str(e) == message
+    except Exception:
+        return False
+    return False

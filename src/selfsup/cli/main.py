@@ -81,8 +81,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``selfsup pretrain: error: argument --epochs: invalid int value:
+    'x' (see selfsup pretrain --help)``) instead of the usage block and the error; subcommands inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual representation learning.")
+    p = Parser(prog="selfsup", description="Self-supervised visual representation learning.")
     sub = p.add_subparsers(dest="command", required=True)
 
     pt = sub.add_parser("pretrain", help="pretrain an encoder without labels")
@@ -138,8 +146,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except _user_errors() as e:
-        print(f"selfsup: error: {e}", file=sys.stderr)
+        print(f"selfsup: error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:  # the environment, not a bug: a file that cannot be read or written, a full disk
+        if e.filename is None and e.strerror is None:
+            raise
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"selfsup: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+def one_line(message: str) -> str:
+    """A user error is one stderr line: newlines of quoted input (a key, a path) are shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 if __name__ == "__main__":

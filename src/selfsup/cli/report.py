@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 
@@ -9,9 +10,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..data import DataError
     from ..viz.report import report_compare, report_run
 
-    dirs = [p for p in args.runs if Path(p).is_dir()]
+    check_report_args(args)
+    dirs = [p for p in args.runs if Path(p).is_dir() and any((Path(p) / m).exists() for m in RUN_MARKERS)]
     if not dirs:
-        raise DataError(f"report: no run directory among {', '.join(args.runs)}")
+        raise DataError(f"report: no run directory among {', '.join(args.runs)} (a run holds "
+                        f"{', '.join(RUN_MARKERS)})")
+    if len(dirs) < len(args.runs):
+        skipped = [p for p in args.runs if p not in dirs]
+        warnings.warn(f"report: skipped {len(skipped)} paths that are not run directories (first: {skipped[0]})",
+                      stacklevel=2)
     if len(dirs) == 1:
         out = report_run(dirs[0], args.out, data=args.data, device=args.device, tsne_points=args.tsne_points,
                          queries=args.queries, preview=args.preview)
@@ -19,6 +26,27 @@ def cmd_report(args: argparse.Namespace) -> int:
         out = report_compare(dirs, args.out or "report-compare.html")
     print(f"report: {out} (PNGs in {out.with_suffix('')}/)")
     return 0
+
+
+RUN_MARKERS = ("config.yaml", "run.json", "eval.json", "metrics.jsonl", "checkpoints")  # compare.RUN_MARKERS
+MAX_POINTS = 100_000  # t-SNE points, queries and preview images: beyond this a page is not readable anyway
+
+
+def check_report_args(args: argparse.Namespace) -> None:
+    """The options, before anything is loaded: one line naming the option."""
+    from ..errors import ConfigError
+
+    if args.out is not None and Path(args.out).suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {args.out}: a report is an HTML file, name it *.html")
+    for flag, value, low in (("--tsne-points", args.tsne_points, 2), ("--queries", args.queries, 0),
+                             ("--preview", args.preview, 0)):
+        if not low <= value <= MAX_POINTS:
+            raise ConfigError(f"{flag} must be in [{low}, {MAX_POINTS}], got {value}")
+    if args.data is not None and not Path(args.data).exists():
+        from ..registry import DATASETS
+
+        if args.data not in DATASETS:
+            raise ConfigError(f"--data {args.data}: not found (a dataset name, a .npz file or an image folder)")
 
 
 def add_parser(sub) -> None:

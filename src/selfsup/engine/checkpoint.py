@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import load_checkpoint
+from ..checkpoints import REFUSED, check_checkpoint, load_checkpoint, load_method_state
 from ..errors import CheckpointError
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = ["REFUSED", "CheckpointError", "check_checkpoint", "fsync_path", "load_checkpoint", "load_method_state",
+           "save_checkpoint"]
 
 
 def fsync_path(path: str | Path) -> None:

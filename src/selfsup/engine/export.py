@@ -25,29 +25,16 @@ from typing import Any
 import torch
 
 from ..backbones.base import Backbone
-from ..config import build_run_config
-from ..methods.base import Method
-from .build import build_method_for, build_run
-from .rundir import RunDirError, latest_checkpoint
+from .run_access import check_writable, load_run_checkpoint, rebuild_method, saved_config
+from .rundir import RunDirError
+
+__all__ = ["FORMATS", "ExportError", "export_backbone", "read_export_metadata", "rebuild_method"]
 
 FORMATS = ("safetensors", "pt")
 
 
 class ExportError(RunDirError):
     """The run cannot be exported as asked (unknown format, missing optional package); the message says why."""
-
-
-def rebuild_method(ckpt: dict[str, Any]) -> Method:
-    """The checkpoint's method with its weights loaded, rebuilt from the saved config (no data loading when the
-    checkpoint records the data's shape, as every checkpoint written by this version does)."""
-    cfg = build_run_config(ckpt["config"])
-    info = ckpt.get("data")
-    if info is None:  # older checkpoints: the dataset tells the channels and size
-        method = build_run(cfg, device=torch.device("cpu")).method
-    else:
-        method = build_method_for(cfg, int(info["channels"]), int(info["image_size"][0]), int(info["num_train"]))
-    method.load_state_dict(ckpt["method"])
-    return method.eval()
 
 
 def backbone_weights(backbone: Backbone) -> dict[str, torch.Tensor]:
@@ -61,7 +48,7 @@ def key_names(backbone: Backbone) -> str:
 
 
 def export_metadata(ckpt: dict[str, Any], backbone: Backbone) -> dict[str, Any]:
-    cfg = ckpt["config"]
+    cfg = saved_config(ckpt, "checkpoint").to_dict()  # resolved: every key present
     info = ckpt.get("data") or {}
     names = key_names(backbone)
     meta = {
@@ -82,24 +69,29 @@ def export_backbone(run_dir: str | Path, fmt: str = "safetensors", out: str | Pa
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"run directory not found: {run_dir}")
-    _, ckpt = latest_checkpoint(run_dir)
-    backbone = rebuild_method(ckpt).eval_backbone()
-    weights = backbone_weights(backbone)
-    meta = export_metadata(ckpt, backbone)
     path = Path(out) if out is not None else run_dir / f"backbone.{'safetensors' if fmt == 'safetensors' else 'pt'}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     if fmt == "safetensors":
         try:
             from safetensors.torch import save_file
         except ImportError:
             raise ExportError("--format safetensors needs the safetensors package: pip install 'selfsup[safetensors]'"
                               " (or use --format pt)") from None
-        save_file(weights, str(tmp), metadata={"selfsup": json.dumps(meta), "format": "pt"})
-    else:
-        torch.save(weights, tmp)
-        (path.parent / f"{path.name}.json").write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, path)
+    check_writable(path, "the export")
+    ckpt_path, ckpt = load_run_checkpoint(run_dir)
+    backbone = rebuild_method(ckpt, ckpt_path).eval_backbone()
+    weights = backbone_weights(backbone)
+    meta = export_metadata(ckpt, backbone)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if fmt == "safetensors":
+            save_file(weights, str(tmp), metadata={"selfsup": json.dumps(meta), "format": "pt"})
+        else:
+            torch.save(weights, tmp)
+            (path.parent / f"{path.name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"cannot write the export {path}: {e.strerror or e}") from None
     return path
 
 

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from ..checkpoints import load_run_checkpoint
 from ..errors import ConfigError
-from .rundir import CHECKPOINT_DIR, RunDirError, latest_checkpoint, list_checkpoints, strict_json
+from .rundir import CHECKPOINT_DIR, RunDirError, list_checkpoints, strict_json
 
 RESUME_MODES = ("auto",)
 
@@ -37,14 +38,15 @@ def resume_mode(value: bool | str | None) -> bool:
 
 
 def find_resume_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint of ``run_dir``; None when it has none yet (start fresh)."""
+    """The newest readable checkpoint of ``run_dir``, checked to hold what training needs to continue (a foreign
+    one is a one-line CheckpointError); None when it has none yet (start fresh)."""
     ckdir = Path(run_dir) / CHECKPOINT_DIR
     if ckdir.is_dir():  # temp files of saves cut by a crash (save_checkpoint renames only complete files)
         for tmp in ckdir.glob(".step-*.tmp"):
             tmp.unlink(missing_ok=True)
     if not list_checkpoints(run_dir):
         return None
-    return latest_checkpoint(run_dir)
+    return load_run_checkpoint(run_dir, resume=True)
 
 
 def state_bytes(module: torch.nn.Module) -> int:

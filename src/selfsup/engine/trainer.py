@@ -28,7 +28,7 @@ from . import distributed as D
 from .budget import Budget
 from .build import build_run, load_data, method_class, method_name, resolve_device
 from .callbacks import Callback, CollapseCallback, RunView
-from .checkpoint import fsync_path, save_checkpoint
+from .checkpoint import fsync_path, load_method_state, save_checkpoint
 from .compile import SafeCompiled
 from .lock import RunLock
 from .logging import MetricsLogger
@@ -183,7 +183,7 @@ def _restore(run_dir: Path, resume: bool, cfg: RunConfig, data: ImageDataset, me
     ckpt_file, ckpt = found
     changes = check_resume_config(ckpt.get("config"), cfg.to_dict(), ckpt_file)  # before any state loads
     check_resume_data(ckpt.get("data"), data.channels, data.image_size, data.train.num_images, ckpt_file)
-    method.load_state_dict(ckpt["method"])
+    load_method_state(method, ckpt["method"], ckpt_file)  # weights of another model: one line naming the file
     optimizer.load_state_dict(ckpt["optimizer"])
     msg = state.load_state_dict(ckpt, dctx, cfg.train.seed)
     done = already_finished(run_dir, state.step, state.total_steps, cfg.train.max_steps)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,18 +37,28 @@ def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+RUN_MARKERS = ("config.yaml", "run.json", "eval.json", "metrics.jsonl", "checkpoints")
+
+
 def load_runs(paths: list[str | Path]) -> list[RunRow]:
-    """A row per run directory (other paths are skipped); raises if none of them is a directory."""
+    """A row per run directory; other paths (files, folders holding none of a run's files) are skipped with one
+    counted warning; raises if no run remains."""
     rows = []
+    skipped = [p for p in map(Path, paths) if not (p.is_dir() and any((p / m).exists() for m in RUN_MARKERS))]
+    if skipped and len(skipped) < len(paths):
+        warnings.warn(f"compare: skipped {len(skipped)} paths that are not run directories (first: {skipped[0]})",
+                      stacklevel=2)
     for p in map(Path, paths):
-        if not p.is_dir():
+        if p in skipped:
             continue
         row = RunRow(p.name)
         row.info = _read_json(p / "run.json", row.notes)
         row.evals = _read_json(p / "eval.json", row.notes)
         rows.append(row)
     if not rows:
-        raise DataError(f"compare: no run directories among {', '.join(map(str, paths)) or '(nothing)'}")
+        shown = ", ".join(map(str, paths[:3])) + (f" (and {len(paths) - 3} more)" if len(paths) > 3 else "")
+        raise DataError(f"compare: no run directories among {shown or '(nothing)'} (a run holds "
+                        f"{', '.join(RUN_MARKERS)})")
     return rows
 
 

@@ -86,12 +86,17 @@ class EvalContext:
         return declared[key] if default is None else default
 
 
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _typed(value: Any, default: Any, key: str) -> Any:
     """Coerce an option to the type of its declared default (strings from ``--set`` included)."""
     if isinstance(value, str):
         value = parse_value(value)
-    if default is None or value is None:
+    if default is None:
         return value
+    if value is None:
+        raise ConfigError(f"eval option '{key}' needs a value like {default!r}, got null")
     try:
         if isinstance(default, bool):
             if isinstance(value, str):
@@ -104,10 +109,15 @@ def _typed(value: Any, default: Any, key: str) -> Any:
         if isinstance(default, float):
             return float(value)
         if isinstance(default, (tuple, list)):
-            return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            items = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            return tuple(_typed(v, default[0], key) for v in items) if default else items
+        if isinstance(value, (list, tuple, dict)):
+            raise TypeError
         return type(default)(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"eval option '{key}' must be {type(default).__name__}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        kind = (f"{_KINDS.get(type(default[0]), type(default[0]).__name__)} or a list of them"
+                if isinstance(default, (tuple, list)) and default else _KINDS.get(type(default), type(default).__name__))
+        raise ConfigError(f"eval option '{key}' must be {kind}, got {value!r}") from None
 
 
 def check_options(protocols: list[str] | tuple[str, ...], options: dict[str, Any]) -> None:
@@ -125,6 +135,10 @@ def check_options(protocols: list[str] | tuple[str, ...], options: dict[str, Any
             known = sorted({k for p in protocols for k in EVALUATORS.entry(p).meta.get("options", {})})
             raise ConfigError(f"unknown eval option '{key}' for protocols {', '.join(protocols)}; "
                               f"options: {', '.join(known) or '(none)'}")
+        for p in ([proto] if proto else protocols):  # the value's type, before any work
+            declared = EVALUATORS.entry(p).meta.get("options", {})
+            if (name or key) in declared:
+                _typed(options[key], declared[name or key], key)
 
 
 def parse_option_args(items: list[str] | None) -> dict[str, Any]:
@@ -134,6 +148,8 @@ def parse_option_args(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, _, text = item.partition("=")
+        if not key.strip():
+            raise ConfigError(f"--set expects key=value, got '{item}' (no key)")
         out[key.strip()] = parse_value(text)
     return out
 

@@ -19,16 +19,18 @@ from typing import Any
 
 import torch
 
-from ..config import build_run_config
 from ..data import DataError, load_dataset
 from ..engine.build import build_run, resolve_device
-from ..engine.rundir import latest_checkpoint, write_json
+from ..engine.checkpoint import load_method_state
+from ..engine.run_access import check_writable, load_run_checkpoint, saved_config
+from ..engine.rundir import RunDirError, write_json
 from ..errors import ConfigError
 from ..registry import EVALUATORS
 from .protocols import EvalContext, check_options
 from .transfer import load_eval_data
 
 DEFAULT_PROTOCOLS = ("knn", "linear")
+MAX_SEEDS = 1000  # repeats per protocol: more is a typo, not a study
 
 
 def aggregate(name: str, runs: list[dict[str, Any]], seeds: list[int], seconds: float) -> dict[str, Any]:
@@ -92,6 +94,8 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     """
     if not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds must be >= 1 (the number of repeats per protocol), got {seeds}")
+    if seeds > MAX_SEEDS:
+        raise ConfigError(f"--seeds must be <= {MAX_SEEDS} (the number of repeats per protocol), got {seeds}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     if fractions is not None:
@@ -106,9 +110,14 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
         EVALUATORS.get(p)  # unknown protocol → error listing the known ones, before any work
     opts = dict(options or {})
     check_options(protocols, opts)
-    ckpt_path, ckpt = latest_checkpoint(run_dir)
-    cfg = build_run_config(ckpt["config"])
-    dev = resolve_device(device)
+    check_writable(run_dir / "eval.json", "the evaluation results")
+    ckpt_path, ckpt = load_run_checkpoint(run_dir)
+    cfg = saved_config(ckpt, ckpt_path)
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as e:  # torch's own words for an unknown device string
+        raise ConfigError(f"--device '{device}' is not a device (auto, cpu, cuda, cuda:N): "
+                          f"{str(e).splitlines()[0][:120]}") from None
     t0 = time.perf_counter()
     data_info: dict[str, Any] = {"data": cfg.data.path, "channel_conversion": "none"}
     if eval_data is None:
@@ -136,13 +145,14 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     common = dict(seed=cfg.train.seed, options=opts, run_dir=run_dir, epochs=epochs,
                   fractions=tuple(fractions) if fractions else None, pretrain_epochs=cfg.train.epochs)
     init_backbone = copy.deepcopy(built.method.eval_backbone())
+    random_backbone = copy.deepcopy(init_backbone) if baseline else None
+    load_method_state(built.method, ckpt["method"], ckpt_path)  # before any protocol runs: a misfit fails at once
     result: dict[str, Any] = {}
     times: dict[str, Any] = {}
-    if baseline:
-        bctx = EvalContext(built.method.eval_backbone(), data, dev, role="baseline", **common)
+    if random_backbone is not None:
+        bctx = EvalContext(random_backbone, data, dev, role="baseline", **common)
         result["baseline"] = run_protocols(bctx, protocols, seed_list)
         times["baseline"] = {p: r["seconds"] for p, r in result["baseline"].items()}
-    built.method.load_state_dict(ckpt["method"])
     tctx = EvalContext(built.method.eval_backbone(), data, dev, role="trained", init_backbone=init_backbone, **common)
     trained = run_protocols(tctx, protocols, seed_list)
     times["trained"] = {p: r["seconds"] for p, r in trained.items()}
@@ -160,11 +170,14 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     kept = _merge_previous(run_dir / "eval.json", result, ckpt_path.name)
     if kept:
         result["protocol"]["kept_from_previous_eval"] = kept
-    for p in protocols:
-        fin = EVALUATORS.entry(p).meta.get("finalize")
-        if fin is not None and p in result:
-            fin(result, run_dir)
-    write_json(run_dir / "eval.json", result)
+    try:  # plots beside eval.json, then eval.json
+        for p in protocols:
+            fin = EVALUATORS.entry(p).meta.get("finalize")
+            if fin is not None and p in result:
+                fin(result, run_dir)
+        write_json(run_dir / "eval.json", result)
+    except OSError as e:
+        raise RunDirError(f"cannot write the evaluation results {run_dir / 'eval.json'}: {e.strerror or e}") from None
     if not quiet:
         print(format_table(result, protocols), file=sys.stdout)
     return result

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from ..augment.masking import block_masking
-from ..checkpoints import latest_checkpoint, load_checkpoint
+from ..checkpoints import check_checkpoint, load_checkpoint, load_run_checkpoint
 from ..components.base import StepContext
 from ..components.gather import global_rows, rank_rows
 from ..components.tokenizer import VQTokenizer
 from ..config_checks import DIM_CAP, checked
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..losses.masked import masked_cross_entropy
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 from .mae import require_vit
@@ -40,12 +40,19 @@ def load_tokenizer(spec: str, *, in_channels: int, patch_size: int) -> VQTokeniz
         path = Path(spec)
         if not path.exists():
             raise ConfigError(f"method.tokenizer: {path} does not exist; {HOW_TO_TRAIN}")
-        ckpt = latest_checkpoint(path)[1] if path.is_dir() else load_checkpoint(path)
-        name = ckpt.get("method_name") if isinstance(ckpt, dict) else None
+        try:
+            ckpt = load_run_checkpoint(path)[1] if path.is_dir() else check_checkpoint(load_checkpoint(path), path)
+        except CheckpointError as e:
+            raise ConfigError(f"method.tokenizer: {e}") from None
+        name = ckpt.get("method_name")
         if name != "tokenizer":
             raise ConfigError(f"method.tokenizer: {path} is a '{name}' run, not a tokenizer run; {HOW_TO_TRAIN}")
         sd = {k[len("backbone."):]: v for k, v in ckpt["method"].items() if k.startswith("backbone.")}
-        tok = VQTokenizer.from_state_dict(sd)
+        try:
+            tok = VQTokenizer.from_state_dict(sd)
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+            raise ConfigError(f"method.tokenizer: {path} does not hold a usable tokenizer ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if tok.patch_size != patch_size or tok.in_channels != in_channels:
         raise ConfigError(f"method.tokenizer: {spec} has patch size {tok.patch_size} and {tok.in_channels} channels "
                           f"but the ViT has patch size {patch_size} and {in_channels} channels; train the tokenizer "

@@ -1,0 +1,176 @@
+"""The bad inputs of ``test_bad_inputs.py``, generated: option x bad value, config key x wrong type, file kind x
+command. Each case is an argv template (``{run}``, ``{npz}``, ``{out}``, ``{f}`` = a bad file made for it) with
+the words its one error line must contain (the option or file) and what the user should get (``error``, a
+counted ``skip``, or ``ok`` for a huge-but-legal value that must cost only the real work).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+
+from selfsup.config import AugmentConfig, BackboneConfig, DataConfig, OptimConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]
+    needles: tuple[str, ...] = ()
+    expect: str = "error"  # error | skip | ok
+    file: str | None = None  # name of a bad file/dir from files.py that {f} stands for
+    run: str = "run"  # the run directory {run} stands for (a pre-made one, or a foreign/malicious copy)
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+def pretrain(*args: str) -> tuple[str, ...]:
+    return ("pretrain", "--data", "{npz}", "--backbone", "convnet", "--width", "0.25",
+            "--batch-size", "8", "--epochs", "1", "--max-steps", "1", "--device", "cpu", "--quiet", "--out", "{out}",
+            *args)
+
+
+# ------------------------------------------------------------------------------------------- pretrain flags
+INT_FLAGS = ("--image-size", "--epochs", "--max-steps", "--batch-size", "--seed", "--checkpoint-every", "--knn-every")
+FLOAT_FLAGS = ("--width", "--time-limit-min", "--lr")
+NOT_A_NUMBER = ("abc", "", "1,2", "0x10", "1e", "--")
+NOT_AN_INT = ("1.5", "1e3", "nan")
+# semantic: values of the right type that no run can use (or must bound: "ok")
+RANGE = {
+    "--image-size": ("0", "-1", "1000000"), "--epochs": ("0", "-3"), "--max-steps": ("0", "-1"),
+    "--batch-size": ("0", "1", "-8", "1000000"), "--seed": (str(2**70), str(2**64), str(-2**70)),
+    "--checkpoint-every": ("-1",), "--knn-every": ("-1",),
+    "--width": ("0", "-1", "nan", "inf", "1e6"), "--time-limit-min": ("0", "-1", "nan", "-inf"),
+    "--lr": ("-1", "nan", "inf", "-inf"),
+}
+FLAG_KEY = {"--image-size": "data.image_size", "--epochs": "train.epochs", "--max-steps": "train.max_steps",
+            "--batch-size": "train.batch_size", "--seed": "train.seed", "--checkpoint-every": "train.checkpoint_every",
+            "--knn-every": "train.knn_every", "--width": "backbone.width", "--time-limit-min": "train.time_limit_min",
+            "--lr": "optim.lr"}
+NAME_FLAGS = {"--method": "method", "--backbone": "backbone", "--optimizer": "optim", "--device": "device"}
+BAD_NAMES = ("nosuch", "", "a b", "x" * 300, "../../etc", "名前", "simclr\nx", "SIMCLR ")
+
+
+def flag_cases() -> list[Case]:
+    cases = []
+    for flag, v in itertools.chain(itertools.product(INT_FLAGS + FLOAT_FLAGS, NOT_A_NUMBER),
+                                   itertools.product(INT_FLAGS, NOT_AN_INT)):
+        cases.append(Case(f"pretrain{flag}={v!r}", pretrain(flag, v), (flag,)))
+    for flag, values in RANGE.items():
+        for v in values:
+            cases.append(Case(f"pretrain{flag}={v}", pretrain(flag, v), (flag, FLAG_KEY[flag])))
+    for (flag, word), v in itertools.product(NAME_FLAGS.items(), BAD_NAMES):
+        if flag == "--optimizer" and v == "":
+            continue  # an empty name is the method's default optimizer
+        cases.append(Case(f"pretrain{flag}={v[:12]!r}", pretrain(flag, v), (flag, word, v[:20] or "''")))
+    for v in ("cuda:x", "cuda:99", "tpu", "cuda:-1", "meta"):
+        cases.append(Case(f"pretrain--device={v}", pretrain("--device", v), ("device", v)))
+    cases.append(Case("pretrain--epochs=10**8 (schedule per step)", pretrain("--epochs", str(10**8)), expect="ok"))
+    cases += [Case("pretrain--no-such-flag", pretrain("--no-such-flag"), ("--no-such-flag",)),
+              Case("pretrain-missing--out", ("pretrain", "--data", "{npz}"), ("--out",)),
+              Case("pretrain--resume=never", pretrain("--resume", "never"), ("--resume",)),
+              Case("pretrain-positional", pretrain("stray"), ("stray",))]
+    return cases
+
+
+# ------------------------------------------------------------------------------------------- --set overrides
+SECTIONS = {"data": DataConfig, "backbone": BackboneConfig, "augment": AugmentConfig, "optim": OptimConfig,
+            "train": TrainConfig}
+WRONG_TYPE = ("[1, 2]", "{a: 1}")
+SET_RANGE = {
+    "augment.size": ("0", "-4", "1000000"), "augment.n_views": ("1", "0", "1000000"),
+    "augment.local_crops": ("-1", "1000000"), "augment.local_size": ("0",),
+    "augment.crop_scale_min": ("0", "2", "-0.5", "nan"), "augment.crop_scale_max": ("0", "1.5"),
+    "augment.jitter_p": ("1.5", "-0.1"), "augment.blur_p": ("2",), "augment.flip_p": ("nan",),
+    "augment.jitter_strength": ("-1",), "augment.preset": ("nosuch",), "method.name": ("nosuch", "[simclr]"),
+    "backbone.patch_size": ("0",), "data.image_size": ("0", "1000000"), "data.workers": ("-1",),
+    "data.test_path": ("/no/such/test/data",), "data.path": ("/no/such/data.npz",),
+    "optim.momentum": ("-1", "nan"), "optim.betas": ("[2, 3]", "[0.9]", "[0.9, 0.99, 0.1]"),
+    "optim.warmup_epochs": ("-1", "nan"), "optim.min_lr_ratio": ("-1", "2"), "optim.weight_decay": ("-1", "nan"),
+    "optim.name": ("nosuch",),
+    "train.grad_accum_steps": ("0", "-1", "3"), "train.log_every": ("0", "-5"), "train.dist_timeout_min": ("0", "-1"),
+    "train.grad_clip": ("-1", "0", "nan"), "train.nan_policy": ("ignore",), "train.precision": ("fp8", "fp16"),
+    "train.device": ("gpu",),
+}
+METHOD_SET = {"simclr": {"temperature": ("0", "-1", "nan", "abc", "[1]")},
+              "moco-v2": {"queue_size": ("0", "-1", str(10**12)), "momentum": ("2", "-1"), "temperature": ("0",)},
+              "dino": {"local_crops": (str(10**6), "-1"), "out_dim": ("0", str(10**9))},
+              "swav": {"num_prototypes": ("0", str(10**9))}}
+SET_SYNTAX = ("train.epochs", "=3", "train.=3", ".epochs=3", "train..epochs=3", "nosection.epochs=3",
+              "train.epochz=3", "trian.epochs=3", "train.epochs.x=3", "method.temprature=0.3", "temprature=0.3",
+              "train.epochs=1=2", "train.epochs=!!python/object:os.system x", "train.epochs=*a", "train.epochs=[",
+              "train.epochs={", "train.epochs=*", "data=x", "train=5", " =1")
+
+
+def set_cases() -> list[Case]:
+    cases = []
+    for section, cls in SECTIONS.items():
+        for f, v in itertools.product(dataclasses.fields(cls), WRONG_TYPE):
+            key = f"{section}.{f.name}"
+            cases.append(Case(f"--set {key}={v}", pretrain("--set", f"{key}={v}"), (key,)))
+        for f in dataclasses.fields(cls):  # a number where none fits, a word where a number is due
+            key = f"{section}.{f.name}"
+            bad = "abc" if "str" not in str(f.type) else "12345"
+            if bad == "12345" and key in ("data.path", "data.test_path", "train.device"):
+                bad = "-1x"
+            cases.append(Case(f"--set {key}={bad}", pretrain("--set", f"{key}={bad}"), (key, bad)))
+    for key, values in SET_RANGE.items():
+        for v in values:
+            needles = (key, v) if "/" in v or key.endswith((".preset", ".name")) else (key,)
+            needles += ("--image-size",) if key == "data.image_size" else ()
+            cases.append(Case(f"--set {key}={v} (range)", pretrain("--set", f"{key}={v}"), needles))
+    for method, keys in METHOD_SET.items():
+        for k, values in keys.items():
+            for v in values:
+                cases.append(Case(f"--method {method} --set method.{k}={v}",
+                                  pretrain("--method", method, "--set", f"method.{k}={v}"), (f"method.{k}", k)))
+    for item in SET_SYNTAX:
+        word = item.split("=")[0].strip(" .") or "--set"
+        cases.append(Case(f"--set {item!r}", pretrain("--set", item), ("--set", word, item.split(".")[0] or "--set")))
+    return cases
+
+
+# ------------------------------------------------------------------------------------------- config files
+SECTION_VALUES = ("5", "[1, 2]", "abc", "true", "1.5")
+NAMED_FLAG = {"train": ("--epochs", "1"), "data": ("--image-size", "16"), "backbone": ("--width", "0.25"),
+              "optim": ("--lr", "0.1"), "augment": ()}
+
+
+def yaml_files() -> dict[str, bytes]:
+    files = {f"sec-{s}-{i}.yaml": f"{s}: {v}\n".encode() for s in NAMED_FLAG for i, v in enumerate(SECTION_VALUES)}
+    files.update({
+        "method-5.yaml": b"method: 5\n", "method-list.yaml": b"method: [simclr, byol]\n",
+        "method-name-list.yaml": b"method:\n  name: [simclr, byol]\n", "method-name-int.yaml": b"method:\n  name: 5\n",
+        "method-name-nosuch.yaml": b"method:\n  name: nosuch\n", "method-name-map.yaml": b"method:\n  name: {a: 1}\n",
+        "top-list.yaml": b"- train\n- data\n", "top-scalar.yaml": b"42\n", "top-string.yaml": b"just words\n",
+        "non-utf8.yaml": b"train:\n  epochs: \xff\xfe\x00\x81\n", "latin1.yaml": "data:\n  path: caf\xe9\n".encode("latin-1"),
+        "syntax.yaml": b"train: {epochs: [1, 2\n", "tabs.yaml": b"train:\n\tepochs: 1\n",
+        "deep.yaml": b"train: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+        "deep-map.yaml": b"".join(b"  " * i + b"k%d:\n" % i for i in range(3000)) + b"  " * 3000 + b"x\n",
+        "python-tag.yaml": b"train: !!python/object/apply:os.system ['true']\n",
+        "laughs.yaml": b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                       b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+                       b"train: {epochs: *d}\n",
+        "unknown-section.yaml": b"trian: {epochs: 1}\n", "unknown-key.yaml": b"train: {epochz: 1}\n",
+        "null-key.yaml": b"train: {null: 1}\n", "int-key.yaml": b"train: {1: 1}\n",
+        "binary.yaml": bytes(range(256)) * 4, "bom-garbage.yaml": b"\xef\xbb\xbf\x00\x00\x00",
+        "dup-key.yaml": b"train: {epochs: 1}\ntrain: 5\n",
+    })
+    return files
+
+
+def yaml_cases() -> list[Case]:
+    cases = []
+    for name in yaml_files():
+        needles = (name,)
+        cases.append(Case(f"--config {name}", pretrain("--config", "{f}"), needles, file=name))
+        sec = name.split("-")[1] if name.startswith("sec-") else None
+        if sec and NAMED_FLAG[sec]:
+            cases.append(Case(f"--config {name} {NAMED_FLAG[sec][0]}", pretrain("--config", "{f}", *NAMED_FLAG[sec]),
+                              needles, file=name))
+        if sec:
+            cases.append(Case(f"--config {name} --set", pretrain("--config", "{f}", "--set", f"{sec}.x=1"),
+                              needles + (f"{sec}.x",), file=name))
+    cases += [Case("--config missing.yaml", pretrain("--config", "/no/such/config.yaml"), ("/no/such/config.yaml",)),
+              Case("--config nosuch-preset", pretrain("--config", "nosuch-preset"), ("nosuch-preset",)),
+              Case("--config a directory", pretrain("--config", "{tmp}"), ("--config", "{tmp}"))]
+    return cases
