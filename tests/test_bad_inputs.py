@@ -27,25 +27,9 @@ CASES: list[C.Case] = (C.flag_cases() + C.set_cases() + C.yaml_cases() + R.forei
                        + R.eval_cases() + R.export_cases() + R.report_compare_cases() + R.malicious_cases())
 assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
 
-# Cases that fail on this branch because their fix lives on another branch, with the branch that fixes it.
-# Strict xfail: once the fix is merged the case passes, the xfail fails, and the entry must be removed here.
-KNOWN_ELSEWHERE: dict[str, str] = {
-    # config: range checks of config values (config_checks.py)
-    **{f"pretrain--seed={v}": "config" for v in (2**70, 2**64, -2**70)},
-    "pretrain--width=1e6": "config",
-    "--set augment.size=1000000 (range)": "config", "--set augment.n_views=1 (range)": "config",
-    "--set augment.n_views=1000000 (range)": "config",
-    "--set train.dist_timeout_min=0 (range)": "config", "--set train.dist_timeout_min=-1 (range)": "config",
-    "--method moco-v2 --set method.queue_size=1000000000000": "config",
-    "--method dino --set method.out_dim=1000000000": "config",
-    # loop: the learning-rate schedule computed per step, not as a list of every step's value
-    "pretrain--epochs=10**8 (schedule per step)": "loop",
-    # data: a missing data.test_path beside a dataset's own test split warns "replaces the test split" before
-    # the error that it does not exist (two lines); the warning belongs after the test split has loaded
-    "--set data.test_path=-1x": "data", "--set data.test_path=/no/such/test/data (range)": "data",
-    # report: a run directory whose files are not UTF-8 / not JSON
-    "report run dir garbage": "report",
-}
+# Known failures, case id → where the fix will come from; strict: a listed case that passes fails the suite, so
+# the list never outlives its fixes. Empty: every case gets what it should.
+KNOWN_ELSEWHERE: dict[str, str] = {}
 
 RESULTS: dict[str, str] = {}  # case id → clear error | counted skip | bounded success | traceback | unclear | ...
 FAILURES: dict[str, str] = {}  # case id → the last lines of why it failed (in the summary file, for triage)

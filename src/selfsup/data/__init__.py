@@ -34,13 +34,13 @@ def _resize_split(split: InMemorySplit, size: int, where: str) -> InMemorySplit:
 
 def _load_test_path(ds: ImageDataset, spec: str, test_path: str, image_size: int | None) -> None:
     """``data.test_path`` is the test split whenever it is given: it replaces a dataset's own test split."""
-    if ds.test is not None:
-        warnings.warn(f"data.test_path={test_path} replaces the {ds.test.num_images}-image test split of {spec}",
-                      stacklevel=3)
     test = load_dataset(test_path, image_size or ds.image_size[0])
     if test.channels != ds.channels:
         raise DataError(f"data.test_path={test_path} has {test.channels}-channel images but {spec} has "
                         f"{ds.channels}")
+    if ds.test is not None:  # said once the replacement has loaded (a bad test_path is its error alone)
+        warnings.warn(f"data.test_path={test_path} replaces the {ds.test.num_images}-image test split of {spec}",
+                      stacklevel=3)
     ds.test = test.train
 
 

@@ -25,11 +25,11 @@ def _engine_builders():
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl records; lines cut by a crash are skipped."""
+    """metrics.jsonl records; lines cut by a crash (or not UTF-8, not JSON) are skipped."""
     out = []
     if not path.is_file():
         return out
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -78,8 +78,10 @@ class RunContext:
         if cfg_file.is_file():
             try:
                 self.config = yaml.safe_load(cfg_file.read_text())
-            except yaml.YAMLError as e:
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
                 self.missing["config"] = f"unreadable config.yaml ({type(e).__name__})"
+            if self.config is not None and not isinstance(self.config, dict):
+                self.config, self.missing["config"] = None, "config.yaml is not a mapping of sections"
         if self.config is None and self._ckpt is not None:
             self.config = self._ckpt.get("config")
         if self.config is None:
