@@ -265,15 +265,15 @@ def load_run_checkpoint(run_dir: str | Path, *, resume: bool = False,
     if not cands:
         raise RunDirError(f"{run_dir}: no checkpoint found (expected {CHECKPOINT_DIR}/step-*.pt); "
                           "pretrain first with `selfsup pretrain --out` this directory")
-    skipped: list[str] = []
+    skipped: list[tuple[Path, str]] = []
     for p in cands:
         try:
             ckpt = load_checkpoint(p, mmap=mmap)
         except CheckpointError as e:
-            skipped.append(str(e))
+            skipped.append((p, str(e)))
             continue
-        for msg in skipped:  # only now: when nothing loads, the error below says it once
-            warnings.warn(f"skipping damaged checkpoint: {msg}", stacklevel=2)
+        for bad, msg in skipped:  # only now: when nothing loads, the error below says it once
+            warnings.warn(f"skipping damaged checkpoint {bad.name}: {msg}", stacklevel=2)
         return p, check_checkpoint(ckpt, p, resume=resume)
     more = f" (and {len(skipped) - 1} older ones)" if len(skipped) > 1 else ""
-    raise CheckpointError(f"no readable checkpoint in {run_dir}: {skipped[0]}{more}")
+    raise CheckpointError(f"no readable checkpoint in {run_dir}: {skipped[0][1]}{more}")

@@ -257,7 +257,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
         if isinstance(tp, type) and isinstance(v, tp):
             kwargs[f.name] = v  # a section built (and checked) already: the run's method Config
         elif dataclasses.is_dataclass(tp):
-            kwargs[f.name] = from_dict(tp, v, prefix=f"{prefix}{f.name}.")
+            kwargs[f.name] = from_dict(typing.cast(type, tp), v, prefix=f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _coerce(v, tp, prefix + f.name)
     return check_values(cls(**kwargs), prefix)

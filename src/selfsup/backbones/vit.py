@@ -18,6 +18,7 @@ size (``vit-test``, 32/2/2) in ``tests/conftest.py`` with :func:`vit_factory`.
 from __future__ import annotations
 
 import re
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -243,7 +244,7 @@ class ViT(Backbone):
         t = self.embed(x)
         for blk in self.blocks[:-1]:
             t = blk(t)
-        last = self.blocks[-1]
+        last = typing.cast(Block, self.blocks[-1])
         a = last.attn.weights(last.norm1(t))[:, :, 0, 1:].float()  # (B, heads, N)
         a = a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)
         return a.reshape(a.shape[0], a.shape[1], *grid)

@@ -27,7 +27,7 @@ FLAG_KEYS = {
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in resources.files("selfsup.configs").iterdir() if p.name.endswith(".yaml"))
+    return sorted(Path(p.name).stem for p in resources.files("selfsup.configs").iterdir() if p.name.endswith(".yaml"))
 
 
 def load_config_arg(value: str) -> dict[str, Any]:
@@ -53,7 +53,10 @@ def _set_flag(raw: dict[str, Any], section: str, key: str, value: Any, where: st
         raw[section] = {}
     elif section == "method" and isinstance(raw[section], str):  # "method: simclr" shorthand
         raw[section] = {"name": raw[section]}
-    _check_section(raw, section, where)
+    if not isinstance(raw[section], dict):
+        shown = repr(raw[section])
+        raise ConfigError(f"{where}the config's '{section}' section must be a mapping of keys, got "
+                          f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
     if section == "method" and key == "name" and raw[section].get("name") not in (None, value):
         raw[section] = {}  # another method: the file's method keys do not apply
     raw[section][key] = value
@@ -102,7 +105,7 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     for flag, (section, key) in FLAG_KEYS.items():
         v = getattr(args, flag, None)
         if v is not None:
-            _set_flag(raw, section, key, v, where)
+            _set_flag(raw, section, key, v, f"{where}--{flag.replace('_', '-')}: ")
     try:
         name, _ = method_section(raw.get("method"))
         cls = METHODS.get(name)

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 from .config_args import add_run_flags, config_from_args, preset_names
 from .export import add_parser as add_export_parser
@@ -67,7 +67,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     regs = {"methods": METHODS, "backbones": BACKBONES, "datasets": DATASETS, "protocols": EVALUATORS,
             "augmentations": AUGMENT_PRESETS}
     if args.json:
-        out = {k: {e.name: e.help for e in r} for k, r in regs.items()}
+        out: dict[str, Any] = {k: {e.name: e.help for e in r} for k, r in regs.items()}
         out["presets"] = preset_names()
         print(json.dumps(out, indent=2))
         return 0

@@ -12,7 +12,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..data import DataError
 
@@ -40,7 +40,7 @@ def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
 RUN_MARKERS = ("config.yaml", "run.json", "eval.json", "metrics.jsonl", "checkpoints")
 
 
-def load_runs(paths: list[str | Path]) -> list[RunRow]:
+def load_runs(paths: Sequence[str | Path]) -> list[RunRow]:
     """A row per run directory; other paths (files, folders holding none of a run's files) are skipped with one
     counted warning; raises if no run remains."""
     rows = []

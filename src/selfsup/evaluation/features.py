@@ -1,6 +1,8 @@
 """Frozen-backbone features, computed once without augmentation (and cached by the evaluation runner)."""
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
 
@@ -33,7 +35,7 @@ def extract_features(backbone: nn.Module, split: ImageSplit, mean, std, device: 
         if stage is None:
             f = backbone(x)
         else:
-            out = backbone.forward_stages(x)[stage]
+            out = typing.cast(Backbone, backbone).forward_stages(x)[stage]  # stages: Backbones only
             f = out.mean(dim=(2, 3)) if out.ndim == 4 else out.mean(dim=1) if out.ndim == 3 else out
         feats.append(f.float().cpu())
         if y is not None:

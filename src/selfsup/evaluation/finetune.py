@@ -13,7 +13,7 @@ Each works on a copy of the backbone: the evaluated model is never modified.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -42,9 +42,10 @@ def run_trained(ctx: EvalContext, backbone: nn.Module, *, train=None, lr_backbon
     d = ctx.data
     train = train if train is not None else d.train
     torch.manual_seed(ctx.seed)
-    head = nn.Linear(backbone.num_features, ctx.num_classes)
+    head = nn.Linear(cast(int, backbone.num_features), ctx.num_classes)  # a Backbone's (or any encoder's) width
     p = {k: ctx.opt(k) for k in ("lr_head", "batch_size", "weight_decay", "crop_scale_min", "augment")}
     layer_decay = ctx.opt("layer_decay") if lr_backbone is not None and "layer_decay" in _declared(ctx) else 1.0
+    assert d.test is not None  # evaluation data has a test split
     r = train_classifier(backbone, head, train, d.test, d.mean, d.std, ctx.device, epochs=epochs,
                          lr_head=p["lr_head"], lr_backbone=lr_backbone, batch_size=p["batch_size"],
                          weight_decay=p["weight_decay"], augment=p["augment"], crop_scale_min=p["crop_scale_min"],
@@ -91,7 +92,7 @@ def supervised_protocol(ctx: EvalContext) -> dict[str, Any]:
         torch.manual_seed(ctx.seed)
         for m in backbone.modules():
             if m is not backbone and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+                m.reset_parameters()  # type: ignore[operator]  # nn.Module.__getattr__ types it Tensor | Module
     return run_trained(ctx, backbone, lr_backbone=ctx.opt("lr_backbone"), epochs=int(epochs),
                        extra={"init": init, "budget": "pretraining epochs"
                               if not (ctx.opt("epochs") or ctx.epochs) else "given epochs"})

@@ -62,6 +62,7 @@ class EvalContext:
         key = ("feats", stage)
         if key not in self._cache:
             d = self.data
+            assert d.test is not None  # evaluation data has a test split
             ftr, ytr = extract_features(self.backbone, d.train, d.mean, d.std, self.device, stage=stage)
             fte, yte = extract_features(self.backbone, d.test, d.mean, d.std, self.device, stage=stage)
             self._cache[key] = (ftr, ytr, fte, yte)
@@ -69,6 +70,7 @@ class EvalContext:
 
     @property
     def num_classes(self) -> int:
+        assert self.data.test is not None  # evaluation data has a test split
         ytr, yte = self.data.train.labels, self.data.test.labels
         if ytr is None or yte is None:
             _, ytr, _, yte = self.features()

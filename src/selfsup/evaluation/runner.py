@@ -15,12 +15,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from ..data import DataError, load_dataset
-from ..engine.build import build_run, resolve_device
+from ..config import RunConfig
+from ..data import DataError, ImageDataset, load_dataset
+from ..engine.build import Built, build_run, resolve_device
 from ..engine.checkpoint import load_method_state
 from ..engine.run_access import check_writable, load_run_checkpoint, saved_config
 from ..engine.rundir import RunDirError, write_json
@@ -91,17 +92,9 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
 
     ``seeds``: repeats per protocol (seeds run_seed … run_seed+N-1); ``epochs``: budget of trained protocols;
     ``fractions``: label fractions of ``semi``; ``options``: ``{"key" or "protocol.key": value}``.
+    Every argument, the run directory and the checkpoint are checked before any work.
     """
-    if not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1 (the number of repeats per protocol), got {seeds}")
-    if seeds > MAX_SEEDS:
-        raise ConfigError(f"--seeds must be <= {MAX_SEEDS} (the number of repeats per protocol), got {seeds}")
-    if epochs is not None and epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    if fractions is not None:
-        for f in fractions:
-            if not 0 < f <= 1:
-                raise ConfigError(f"--fractions values must be in (0, 1], got {f}")
+    _check_arguments(seeds, epochs, fractions)
     protocols = list(dict.fromkeys(protocols))
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -113,12 +106,66 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     check_writable(run_dir / "eval.json", "the evaluation results")
     ckpt_path, ckpt = load_run_checkpoint(run_dir)
     cfg = saved_config(ckpt, ckpt_path)
-    try:
-        dev = resolve_device(device)
-    except RuntimeError as e:  # torch's own words for an unknown device string
-        raise ConfigError(f"--device '{device}' is not a device (auto, cpu, cuda, cuda:N): "
-                          f"{str(e).splitlines()[0][:120]}") from None
+    dev = _device(device)
     t0 = time.perf_counter()
+    built, data, data_info = _build_for_eval(run_dir, cfg, ckpt, eval_data, dev)
+    seed_list = [cfg.train.seed + i for i in range(seeds)]
+    common: dict[str, Any] = dict(seed=cfg.train.seed, options=opts, run_dir=run_dir, epochs=epochs,
+                                  fractions=tuple(fractions) if fractions else None, pretrain_epochs=cfg.train.epochs)
+    init_backbone = copy.deepcopy(built.method.eval_backbone())
+    random_backbone = copy.deepcopy(init_backbone) if baseline else None
+    load_method_state(built.method, ckpt["method"], ckpt_path)  # before any protocol runs: a misfit fails at once
+    result: dict[str, Any] = {}
+    times: dict[str, Any] = {}
+    if random_backbone is not None:
+        bctx = EvalContext(random_backbone, data, dev, role="baseline", **common)
+        result["baseline"] = run_protocols(bctx, protocols, seed_list)
+        times["baseline"] = {p: r["seconds"] for p, r in result["baseline"].items()}
+    tctx = EvalContext(built.method.eval_backbone(), data, dev, role="trained", init_backbone=init_backbone, **common)
+    trained = run_protocols(tctx, protocols, seed_list)
+    times["trained"] = {p: r["seconds"] for p, r in trained.items()}
+    result = {**trained, **result}
+    assert data.test is not None  # _build_for_eval required labelled train and test splits
+    result["protocol"] = {
+        "checkpoint": ckpt_path.name, "step": int(ckpt["step"]), "method": cfg.method.name,
+        "backbone": cfg.backbone.name, "width": cfg.backbone.width, "pretrain_data": cfg.data.path,
+        "eval_data": eval_data or cfg.data.path, **{k: v for k, v in data_info.items() if k != "data"},
+        "transfer": eval_data is not None and eval_data != cfg.data.path,
+        "train_images": data.train.num_images, "test_images": data.test.num_images,
+        "seeds": seed_list, "epochs": epochs, "protocols": protocols,
+        "baseline": "same architecture, random init (train.seed), same protocols" if baseline else "skipped",
+        "seconds": times, "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    _write_results(run_dir, result, protocols, ckpt_path.name)
+    if not quiet:
+        print(format_table(result, protocols), file=sys.stdout)
+    return result
+
+
+def _check_arguments(seeds: int, epochs: int | None, fractions: Sequence[float] | None) -> None:
+    """One-line errors for the repeat count, the epoch budget and the label fractions."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1 (the number of repeats per protocol), got {seeds}")
+    if seeds > MAX_SEEDS:
+        raise ConfigError(f"--seeds must be <= {MAX_SEEDS} (the number of repeats per protocol), got {seeds}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    for f in fractions or ():
+        if not 0 < f <= 1:
+            raise ConfigError(f"--fractions values must be in (0, 1], got {f}")
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except RuntimeError as e:  # torch's own words for an unknown device string
+        raise ConfigError(f"--device '{name}' is not a device (auto, cpu, cuda, cuda:N): "
+                          f"{str(e).splitlines()[0][:120]}") from None
+
+
+def _build_for_eval(run_dir: Path, cfg: RunConfig, ckpt: dict[str, Any], eval_data: str | None,
+                    dev: torch.device) -> tuple[Built, ImageDataset, dict[str, Any]]:
+    """The run's model (untrained weights) and the labelled data it is evaluated on, with how it was converted."""
     data_info: dict[str, Any] = {"data": cfg.data.path, "channel_conversion": "none"}
     if eval_data is None:
         data = load_dataset(cfg.data.path, cfg.data.image_size, test_path=cfg.data.test_path)
@@ -127,6 +174,7 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
                             "(pass --eval-data with labelled data)")
         built = build_run(cfg, data, dev)
     else:
+        run_data: ImageDataset | None
         try:  # the pretraining data fixes the model's input size, channels and any per-image buffers
             run_data = load_dataset(cfg.data.path, cfg.data.image_size, test_path=cfg.data.test_path)
         except DataError:
@@ -141,36 +189,15 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     if data.channels != built.method.eval_backbone().in_channels:  # cannot happen after conversion; guard anyway
         raise DataError(f"eval data has {data.channels} channels but the backbone expects "
                         f"{built.method.eval_backbone().in_channels}")
-    seed_list = [cfg.train.seed + i for i in range(seeds)]
-    common = dict(seed=cfg.train.seed, options=opts, run_dir=run_dir, epochs=epochs,
-                  fractions=tuple(fractions) if fractions else None, pretrain_epochs=cfg.train.epochs)
-    init_backbone = copy.deepcopy(built.method.eval_backbone())
-    random_backbone = copy.deepcopy(init_backbone) if baseline else None
-    load_method_state(built.method, ckpt["method"], ckpt_path)  # before any protocol runs: a misfit fails at once
-    result: dict[str, Any] = {}
-    times: dict[str, Any] = {}
-    if random_backbone is not None:
-        bctx = EvalContext(random_backbone, data, dev, role="baseline", **common)
-        result["baseline"] = run_protocols(bctx, protocols, seed_list)
-        times["baseline"] = {p: r["seconds"] for p, r in result["baseline"].items()}
-    tctx = EvalContext(built.method.eval_backbone(), data, dev, role="trained", init_backbone=init_backbone, **common)
-    trained = run_protocols(tctx, protocols, seed_list)
-    times["trained"] = {p: r["seconds"] for p, r in trained.items()}
-    result = {**trained, **result}
-    result["protocol"] = {
-        "checkpoint": ckpt_path.name, "step": int(ckpt["step"]), "method": cfg.method.name,
-        "backbone": cfg.backbone.name, "width": cfg.backbone.width, "pretrain_data": cfg.data.path,
-        "eval_data": eval_data or cfg.data.path, **{k: v for k, v in data_info.items() if k != "data"},
-        "transfer": eval_data is not None and eval_data != cfg.data.path,
-        "train_images": data.train.num_images, "test_images": data.test.num_images,
-        "seeds": seed_list, "epochs": epochs, "protocols": protocols,
-        "baseline": "same architecture, random init (train.seed), same protocols" if baseline else "skipped",
-        "seconds": times, "wall_s": round(time.perf_counter() - t0, 1),
-    }
-    kept = _merge_previous(run_dir / "eval.json", result, ckpt_path.name)
+    return built, data, data_info
+
+
+def _write_results(run_dir: Path, result: dict[str, Any], protocols: list[str], checkpoint: str) -> None:
+    """Protocols' plots beside ``eval.json``, then ``eval.json`` (keeping other protocols' earlier results)."""
+    kept = _merge_previous(run_dir / "eval.json", result, checkpoint)
     if kept:
         result["protocol"]["kept_from_previous_eval"] = kept
-    try:  # plots beside eval.json, then eval.json
+    try:
         for p in protocols:
             fin = EVALUATORS.entry(p).meta.get("finalize")
             if fin is not None and p in result:
@@ -178,9 +205,6 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
         write_json(run_dir / "eval.json", result)
     except OSError as e:
         raise RunDirError(f"cannot write the evaluation results {run_dir / 'eval.json'}: {e.strerror or e}") from None
-    if not quiet:
-        print(format_table(result, protocols), file=sys.stdout)
-    return result
 
 
 def _merge_previous(path: Path, result: dict[str, Any], checkpoint: str) -> list[str]:

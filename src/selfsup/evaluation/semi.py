@@ -67,6 +67,7 @@ def semi_protocol(ctx: EvalContext) -> dict[str, Any]:
     if mode not in ("linear", "finetune"):
         raise ConfigError(f"eval option 'semi.mode' must be 'linear' or 'finetune', got '{mode}'")
     ytr = ctx.data.train.labels
+    assert ytr is not None  # label fractions need a labelled train split
     subsets = {f: stratified_subset(ytr, f, ctx.seed, ctx.data.classes) for f in fractions}  # all checked first
     out: dict[str, Any] = {}
     counts, files = {}, {}
@@ -78,7 +79,7 @@ def semi_protocol(ctx: EvalContext) -> dict[str, Any]:
         counts[key] = int(idx.numel())
         if mode == "linear":
             ftr, ytr_f, fte, yte = ctx.features()
-            r = linear_probe(ftr[idx], ytr_f[idx], fte, yte, l2_grid=tuple(float(v) for v in ctx.opt("l2_grid")),
+            r: dict[str, Any] = linear_probe(ftr[idx], ytr_f[idx], fte, yte, l2_grid=tuple(float(v) for v in ctx.opt("l2_grid")),
                              seed=ctx.seed, num_classes=ctx.num_classes)
             out[key] = r["top1"]
             params.setdefault("l2", {})[key] = r["l2"]

@@ -55,6 +55,7 @@ def evaluate_classifier(model: nn.Module, split: ImageSplit, mean, std, device: 
     view = eval_view(split.image_size[0], mean, std)
     correct = total = 0
     for x, _, y in split.batches(batch_size, shuffle=False):
+        assert y is not None  # a split with labels
         pred = model(view(x.to(device))).argmax(dim=1).cpu()
         correct += int((pred == y).sum())
         total += y.numel()
@@ -80,6 +81,7 @@ def train_classifier(backbone: nn.Module, head: nn.Module, train: ImageSplit, te
     groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": lr_head, "weight_decay": weight_decay}]
     rule = "none"
     if not frozen:
+        assert lr_backbone is not None
         if layer_decay < 1.0:
             bb_groups, rule = layer_decay_groups(backbone, lr_backbone, layer_decay, weight_decay)
         else:
@@ -107,6 +109,7 @@ def train_classifier(backbone: nn.Module, head: nn.Module, train: ImageSplit, te
             scale = 0.5 * (1 + math.cos(math.pi * step / total))
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * scale
+            assert y is not None  # train.labels must be set
             logits = model(view(x.to(device), aug_gen))
             loss = F.cross_entropy(logits, y.to(device), label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)

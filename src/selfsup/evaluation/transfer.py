@@ -10,10 +10,11 @@ protocol (``--set transfer.data=PATH``) adds a linear + kNN number on PATH next 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import torch
 
+from ..backbones.base import Backbone
 from ..data import DataError, ImageDataset, load_dataset
 from ..data.base import ImageSplit, InMemorySplit, channel_stats
 from ..errors import ConfigError
@@ -79,7 +80,7 @@ def _adapt_split(split: ImageSplit | None, channels: int) -> ImageSplit | None:
     if isinstance(split, InMemorySplit):
         return InMemorySplit(torch.cat([convert_channels(split.images[i : i + 4096], channels)
                                         for i in range(0, split.num_images, 4096)]), split.labels)
-    return ChannelAdaptedSplit(split, channels)
+    return cast(ImageSplit, ChannelAdaptedSplit(split, channels))  # read-only labels: never assigned here
 
 
 def adapt_channels(ds: ImageDataset, channels: int) -> tuple[ImageDataset, str | None]:
@@ -92,6 +93,7 @@ def adapt_channels(ds: ImageDataset, channels: int) -> tuple[ImageDataset, str |
         raise DataError(f"eval data {ds.name} has {src} channels but the backbone expects {channels}; only "
                         "1 ↔ 3 (grayscale ↔ RGB) is converted")
     train, test = _adapt_split(ds.train, channels), _adapt_split(ds.test, channels)
+    assert train is not None  # ds.train is a split
     mean, std = channel_stats(train)
     return ImageDataset(ds.name, train, test, list(ds.classes), mean, std), what
 
@@ -117,7 +119,7 @@ def transfer_protocol(ctx: EvalContext) -> dict[str, Any]:
                           ".npz or image folder); or use --eval-data to run every protocol on other data")
     key = ("transfer-data", spec)
     if key not in ctx._cache:
-        ctx._cache[key] = load_eval_data(spec, ctx.data.image_size[0], ctx.backbone.in_channels)
+        ctx._cache[key] = load_eval_data(spec, ctx.data.image_size[0], cast(Backbone, ctx.backbone).in_channels)
     data, info = ctx._cache[key]
     sub = EvalContext(ctx.backbone, data, ctx.device, seed=ctx.seed, _cache=ctx._cache.setdefault(("tctx", spec), {}))
     ftr, ytr, fte, yte = sub.features()

@@ -8,6 +8,7 @@ variance and cannot correlate to 1), the off-diagonal term decorrelates dimensio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,9 @@ from ..config_checks import checked, dim
 from ..heads.mlp import projection_head
 from ..losses.redundancy import barlow_twins_loss
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
+
+if TYPE_CHECKING:
+    from .vicreg import VICRegConfig
 
 
 @dataclass
@@ -36,6 +40,7 @@ class ProjectedPairMethod(Method):
     views, one projector built from the config's ``proj_hidden_dim``/``proj_dim``/``proj_layers``."""
 
     n_views = 2
+    cfg: BarlowTwinsConfig | VICRegConfig
 
     def __init__(self, backbone, cfg=None, **kw) -> None:
         super().__init__(backbone, cfg, **kw)
@@ -52,6 +57,7 @@ class ProjectedPairMethod(Method):
 @register_method("barlow-twins", help="Barlow Twins: cross-correlation of two views pushed to identity (Zbontar et al. 2021)")
 class BarlowTwins(ProjectedPairMethod):
     Config = BarlowTwinsConfig
+    cfg: BarlowTwinsConfig
     default_augment = "byol"
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"

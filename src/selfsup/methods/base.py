@@ -186,5 +186,5 @@ def register_method(name: str, help: str = ""):
     return deco
 
 
-def method_defaults(cls: type) -> dict[str, Any]:
+def method_defaults(cls: type[Method]) -> dict[str, Any]:
     return to_plain(cls.Config())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -25,6 +26,10 @@ from ..errors import CheckpointError, ConfigError
 from ..losses.masked import masked_cross_entropy
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 from .mae import require_vit
+
+if TYPE_CHECKING:
+    from ..backbones.timm_vit import TimmViT
+    from ..backbones.vit import ViT
 
 HOW_TO_TRAIN = ("train one first: `selfsup pretrain --method tokenizer --data <same data> --backbone <same ViT> "
                 "--out runs/tokenizer`, then pass --set method.tokenizer=runs/tokenizer")
@@ -73,6 +78,7 @@ class BEiTConfig(MethodConfig):
 @register_method("beit", help="BEiT: predict a trained VQ tokenizer's ids of block-masked patches (Bao et al. 2021)")
 class BEiT(Method):
     Config = BEiTConfig
+    cfg: BEiTConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"
@@ -106,12 +112,13 @@ class BEiT(Method):
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         x = batch.views[0]
-        grid = self.backbone.grid_for(x)
+        bb = cast("ViT | TimmViT", self.backbone)  # require_vit checked it in __init__
+        grid = bb.grid_for(x)
         # masks drawn for the global batch, this rank's rows kept (components/gather.py: splittable randomness)
         mask = rank_rows(block_masking(global_rows(x.shape[0]), grid, self.cfg.mask_ratio,
                                        min_patches=self.cfg.min_block_patches, device=x.device), x.shape[0])
         target = self.target_ids(x)
-        tokens = self.backbone.forward_tokens(x, mask=mask, mask_token=self.mask_token)
+        tokens = bb.forward_tokens(x, mask=mask, mask_token=self.mask_token)
         logits = self.head(tokens[:, 1:])  # (B, N, V); only masked rows enter the loss
         loss = masked_cross_entropy(logits, target, mask)
         acc = (logits[mask].argmax(-1) == target[mask]).float().mean()

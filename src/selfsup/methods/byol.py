@@ -39,6 +39,7 @@ class BYOL(Method):
     """The online backbone is evaluated (the target is nearly the same; the paper evaluates the online one)."""
 
     Config = BYOLConfig
+    cfg: BYOLConfig
     default_augment = "byol"
     n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs

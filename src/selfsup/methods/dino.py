@@ -64,6 +64,7 @@ class DINO(Method):
     """The student backbone is evaluated (``eval_backbone``); the paper reports the teacher, which is close."""
 
     Config = DINOConfig
+    cfg: DINOConfig
     default_augment = "multicrop"
     min_views = 2  # global crops first, then local crops
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
@@ -103,4 +104,5 @@ class DINO(Method):
         logs = {"teacher_temp": torch.tensor(tt), "ema_momentum": self.teacher.last_momentum.detach().clone()}
         # teacher output distribution of the first global crop, for the entropy collapse monitors
         probs = torch.softmax((t[0] - self.center.center) / tt, dim=-1).detach()
+        assert first_h is not None  # views is non-empty
         return MethodOutput(loss=loss, logs=logs, embedding=first_h.detach(), probs=probs)

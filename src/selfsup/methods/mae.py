@@ -9,6 +9,7 @@ contrastive ones and shine under fine-tuning (see docs/vit-mim.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from ..augment.masking import patchify, random_masking
 from ..components.base import StepContext
@@ -18,6 +19,10 @@ from ..errors import ConfigError
 from ..heads.decoders import MAEDecoder
 from ..losses.masked import masked_mse, normalize_patches
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
+
+if TYPE_CHECKING:
+    from ..backbones.timm_vit import TimmViT
+    from ..backbones.vit import ViT
 
 
 def require_vit(backbone, method: str):
@@ -44,6 +49,7 @@ class MAEConfig(MethodConfig):
 @register_method("mae", help="MAE: mask 75% of patches, reconstruct their pixels with a light decoder (He et al. 2022)")
 class MAE(Method):
     Config = MAEConfig
+    cfg: MAEConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"
@@ -62,7 +68,7 @@ class MAE(Method):
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         x = batch.views[0]
-        bb = self.backbone
+        bb = cast("ViT | TimmViT", self.backbone)  # require_vit checked it in __init__
         grid = bb.grid_for(x)
         n = grid[0] * grid[1]
         # masks drawn for the global batch, this rank's rows kept (components/gather.py: splittable randomness)

@@ -47,6 +47,7 @@ class MetricLearning(Method):
     """The backbone is evaluated; the projection head feeds the loss."""
 
     Config = MetricConfig
+    cfg: MetricConfig
     default_augment = "simclr"
     n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as SimCLR

@@ -85,6 +85,7 @@ class MoCo(Method):
     """The query backbone is evaluated; the key encoder and the projection head are training-only."""
 
     Config = MoCoConfig
+    cfg: MoCoConfig
     default_augment = "moco-v1"
     n_views = 2
     needs_sync_bn = True  # under torchrun: the BN groups of bn_splits span the global batch, as in one process
@@ -177,4 +178,5 @@ class MoCo(Method):
 @register_method("moco-v2", help="MoCo v2: MoCo v1 + MLP head, blur augmentation, τ 0.2 (Chen et al. 2020)")
 class MoCoV2(MoCo):
     Config = MoCoV2Config
+    cfg: MoCoV2Config
     default_augment = "moco-v2"

@@ -54,6 +54,7 @@ class MoCoV3(Method):
     """The online backbone is evaluated; projector, predictor and momentum encoder are training-only."""
 
     Config = MoCoV3Config
+    cfg: MoCoV3Config
     default_augment = "moco-v3"
     n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper (SyncBN)

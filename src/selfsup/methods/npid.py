@@ -81,6 +81,7 @@ class NPID(Method):
     """One view per image; the backbone is evaluated, the 128-d embedding and the bank are training-only."""
 
     Config = NPIDConfig
+    cfg: NPIDConfig
     default_augment = "instdisc"
     n_views = 1
     needs_index = True
@@ -99,6 +100,7 @@ class NPID(Method):
         h = self.backbone(batch.views[0])
         f = F.normalize(self.projector(h), dim=1)
         idx = batch.index
+        assert idx is not None  # needs_index: check_batch enforces it
         loss = self.criterion(f, self.bank.positives_and_negatives(idx, self.cfg.num_negatives))
         self.bank.stage(idx, f, ctx)
         return MethodOutput(loss=loss, embedding=h.detach())

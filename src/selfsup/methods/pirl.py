@@ -47,6 +47,7 @@ class PIRL(Method):
     """The shared backbone is evaluated; heads f, g and the memory bank are training-only."""
 
     Config = PIRLConfig
+    cfg: PIRLConfig
     default_augment = "moco-v1"  # PIRL uses the InstDisc augmentation for I
     n_views = 2  # the image, and the source of its jigsaw tiles
     needs_index = True
@@ -79,6 +80,7 @@ class PIRL(Method):
         f = F.normalize(self.head_f(h), dim=1)
         g = F.normalize(self.jigsaw_embedding(x_jig), dim=1)
         idx = batch.index
+        assert idx is not None  # needs_index: check_batch enforces it
         keys = self.bank.positives_and_negatives(idx, self.cfg.num_negatives)  # m_I and the same negatives for both
         lam = self.cfg.lambda_jigsaw
         loss_jig, loss_img = self.criterion(g, keys), self.criterion(f, keys)

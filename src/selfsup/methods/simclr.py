@@ -27,6 +27,7 @@ class SimCLR(Method):
     """Representation h = backbone(x) is evaluated; z = g(h) feeds the loss (the head is discarded after)."""
 
     Config = SimCLRConfig
+    cfg: SimCLRConfig
     default_augment = "simclr"
     n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs

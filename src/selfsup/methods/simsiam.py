@@ -29,6 +29,7 @@ class SimSiamConfig(MethodConfig):
 @register_method("simsiam", help="SimSiam: predictor + stop-gradient, no momentum encoder (Chen & He 2021)")
 class SimSiam(Method):
     Config = SimSiamConfig
+    cfg: SimSiamConfig
     default_augment = "simclr"
     n_views = 2
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs

@@ -15,6 +15,7 @@ The prototypes are unit vectors: their rows are renormalised after every optimiz
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,7 @@ class RenormalisedPrototypes(Prototypes, SharedPart):
 @register_method("swav", help="SwAV: swapped prediction of Sinkhorn-Knopp cluster codes, multi-crop (Caron et al. 2020)")
 class SwAV(Method):
     Config = SwAVConfig
+    cfg: SwAVConfig
     default_augment = "multicrop"
     min_views = 2  # global crops first, then local crops
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
@@ -89,7 +91,7 @@ class SwAV(Method):
         scores, z = gather_no_grad(scores), gather_no_grad(z)
         n = scores.shape[0]
         if self.queues:
-            q = self.queues[i]
+            q = typing.cast(FeatureQueue, self.queues[i])
             if ctx.epoch >= c.queue_start_epoch and int(q.filled) > 0:
                 past = self.prototypes(q.valid().to(z.dtype))
                 scores = torch.cat([scores, past])
@@ -113,4 +115,5 @@ class SwAV(Method):
         codes = torch.stack([self._codes(s[i].detach(), zs[i].detach(), i, ctx) for i in range(n_code)])
         loss = swapped_prediction(s, codes, self.cfg.temperature)
         probs = torch.softmax(s[0].detach() / self.cfg.temperature, dim=-1)  # for the entropy monitors
+        assert first_h is not None  # views is non-empty
         return MethodOutput(loss=loss, embedding=first_h.detach(), probs=probs)

@@ -7,6 +7,7 @@ the run's backbone. Logs: ``recon`` (MSE), ``perplexity`` and ``dead_codes`` of 
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ class Tokenizer(Method):
     """loss = ||x − x̂||² + ||sg[z] − e||² + β·||z − sg[e]||² (reconstruction of the normalised view)."""
 
     Config = TokenizerConfig
+    cfg: TokenizerConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"
@@ -48,7 +50,7 @@ class Tokenizer(Method):
 
     @property
     def tokenizer(self) -> VQTokenizer:
-        return self.backbone
+        return typing.cast(VQTokenizer, self.backbone)
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         x = batch.views[0]

@@ -32,6 +32,7 @@ class VICRegConfig(MethodConfig):
 @register_method("vicreg", help="VICReg: variance, invariance and covariance terms (Bardes et al. 2022)")
 class VICReg(ProjectedPairMethod):
     Config = VICRegConfig
+    cfg: VICRegConfig
     default_augment = "byol"
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "lars"

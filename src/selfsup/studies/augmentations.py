@@ -11,10 +11,13 @@ The seed's claim to check: crop + colour is the strongest pair.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..augment.named import TRANSFORMS, NamedViewPipeline, canonical_names
 from .base import Study, footer, md_table, pct
+
+if TYPE_CHECKING:
+    from ..data.base import ImageDataset
 
 
 class AugmentationStudy(Study):
@@ -30,9 +33,11 @@ class AugmentationStudy(Study):
         for i in range(n):
             for j in range(i, n):
                 pair = [names[i]] if i == j else [names[i], names[j]]
-                res = self.run_cell("+".join(pair), {},
-                                    lambda d, p=pair: NamedViewPipeline(p, d.image_size[0], d.mean, d.std),
-                                    info={"transforms": pair})
+
+                def views_fn(d: ImageDataset, p: list[str] = pair) -> NamedViewPipeline:
+                    return NamedViewPipeline(p, d.image_size[0], d.mean, d.std)
+
+                res = self.run_cell("+".join(pair), {}, views_fn, info={"transforms": pair})
                 cells.append(res)
                 matrix[i][j] = matrix[j][i] = res[metric]
         off = [c for c in cells if len(c["transforms"]) == 2]

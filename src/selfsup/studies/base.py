@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from torch import nn
 
@@ -174,12 +174,13 @@ class Study:
         built.method.load_state_dict(ckpt["method"])
         encoders: dict[str, nn.Module] = {"h": built.method.eval_backbone()}
         if probe_head:
-            encoders["z"] = nn.Sequential(built.method.backbone, built.method.projector)
+            encoders["z"] = nn.Sequential(built.method.backbone, cast(nn.Module, built.method.projector))
         return self._probe_encoders(encoders, prefix=probe_head)
 
     def _probe_encoders(self, encoders: dict[str, nn.Module], prefix: bool) -> dict[str, float]:
         out: dict[str, float] = {}
         d = self.data
+        assert d.test is not None  # studies' data has a test split
         for tag, enc in encoders.items():
             ftr, ytr = extract_features(enc, d.train, d.mean, d.std, self.device, max_images=self.s.eval_train)
             fte, yte = extract_features(enc, d.test, d.mean, d.std, self.device, max_images=self.s.eval_test)
@@ -188,6 +189,7 @@ class Study:
             if "knn" in self.s.probes:
                 out[f"{pre}knn_top1"] = knn_accuracy(ftr, ytr, fte, yte, k=20, num_classes=c)
             if "linear" in self.s.probes:
+                assert ytr is not None and yte is not None  # probing needs labelled splits
                 out[f"{pre}linear_top1"] = linear_probe(ftr, ytr, fte, yte, seed=self.s.seed, num_classes=c)["top1"]
         return out
 
@@ -196,6 +198,7 @@ class Study:
         s = asdict(self.s)
         s.pop("extra", None)
         base = {k: v for k, v in (self.base or {}).items() if k.endswith("_top1")}
+        assert self.data.test is not None  # studies' data has a test split
         return {"study": self.name, "budget_per_cell": self.s.budget(), "data": self.data.describe(),
                 "settings": s, "probe_images": {"train": min(self.s.eval_train, self.data.train.num_images),
                                                 "test": min(self.s.eval_test, self.data.test.num_images)},

@@ -26,7 +26,7 @@ def _engine_builders():
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl records; lines cut by a crash (or not UTF-8, not JSON) are skipped."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not path.is_file():
         return out
     for line in path.read_text(errors="replace").splitlines():
@@ -62,7 +62,7 @@ class RunContext:
     missing: dict[str, str] = field(default_factory=dict)  # "checkpoint"/"config"/"data" → why not available
     _ckpt: dict[str, Any] | None = None
     _built: Any = None
-    _feats: dict[str, Any] = field(default_factory=dict)
+    _feats: dict[tuple[str, int], Any] = field(default_factory=dict)
 
     def load(self) -> None:
         self.records = read_metrics(self.run_dir / "metrics.jsonl")

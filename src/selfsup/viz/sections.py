@@ -66,10 +66,12 @@ def s_augmentations(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
     views = b.views(x.to(b.device), gen)
     rows = [("original", list(x))] + [(f"view {i + 1}", list(unnormalise(v, b.data.mean, b.data.std)))
                                       for i, v in enumerate(views)]
+    assert ctx.config is not None  # ctx.need("config") above
     name = getattr(b.views, "names", None) or ctx.config.get("augment", {}).get("preset") or \
         type(b.method).default_augment
     name = " + ".join(name) if isinstance(name, list) else name
     p = ctx.png(plots.image_grid(rows, title=f"Views as the method saw them (preset: {name})"), "augmentations")
+    assert p is not None  # the grid has rows: a figure
     s.image(p, f"{len(views)} views per image, un-normalised for display")
 
 
@@ -86,7 +88,9 @@ def s_tsne(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
                ).fit_transform(F.normalize(f, dim=1).numpy())
     fig = plots.plot_embedding(emb, None if y is None else y.numpy(), b.data.classes,
                                title=f"t-SNE of {f.shape[0]} test embeddings (frozen backbone)")
-    s.image(ctx.png(fig, "tsne"), "L2-normalised pooled features; colours are labels (never seen in pretraining)")
+    p = ctx.png(fig, "tsne")
+    assert p is not None  # plot_embedding always makes a figure
+    s.image(p, "L2-normalised pooled features; colours are labels (never seen in pretraining)")
 
 
 def s_retrieval(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
@@ -102,15 +106,17 @@ def s_retrieval(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
     rows, borders = [], []
     for i, qi in enumerate(q_idx.tolist()):
         rows.append((f"query {qi}", [q_imgs[i]] + list(images_at(b.data.train, top[i].tolist()))))
-        marks = [None] * k if wrong_mask is None else ["red" if w else None for w in wrong_mask[i].tolist()]
-        borders.append(["black"] + marks)
+        marks: list[str | None] = [None] * k if wrong_mask is None else ["red" if w else None for w in wrong_mask[i].tolist()]
+        borders.append(["black", *marks])
     wrong, total = (0, 0) if wrong_mask is None else (int(wrong_mask.sum()), wrong_mask.numel())
     fig = plots.image_grid(rows, title=f"Top-{k} neighbours (cosine) among {ftr.shape[0]} train images",
                            borders=borders, col_titles=["query"] + [f"#{j + 1}" for j in range(k)])
     cap = "queries spread over the test split; red frame: a neighbour of another class"
     if total:
         cap += f" ({wrong}/{total} = {100 * wrong / total:.0f}% wrong-class)"
-    s.image(ctx.png(fig, "retrieval"), cap)
+    p = ctx.png(fig, "retrieval")
+    assert p is not None  # the grid has rows: a figure
+    s.image(p, cap)
 
 
 def retrieve(train_feats: torch.Tensor, train_labels: torch.Tensor | None, query_feats: torch.Tensor,

@@ -80,6 +80,7 @@ class LabInputMethod(Method):
 class Colorization(LabInputMethod):
     centers: torch.Tensor
     Config = ColorizationConfig
+    cfg: ColorizationConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"

@@ -77,6 +77,7 @@ class ContextEncoderConfig(MethodConfig):
 @register_method("context-encoder", help="inpaint a removed region, L2 + adversarial (Pathak et al. 2016)")
 class ContextEncoder(Method):
     Config = ContextEncoderConfig
+    cfg: ContextEncoderConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"
@@ -111,5 +112,5 @@ class ContextEncoder(Method):
         c = self.cfg
         mask = region_mask(x.shape[0], x.shape[-2], x.shape[-1], c.mask, c.mask_fraction, c.num_blocks, x.device)
         out = self.losses(x, mask)
-        logs = {k: out[k].detach() for k in ("recon", "adv", "disc") if k in out}
+        logs: dict[str, torch.Tensor] = {k: out[k].detach() for k in ("recon", "adv", "disc") if k in out}
         return MethodOutput(loss=out["loss"], logs=logs)

@@ -60,6 +60,7 @@ class CPCConfig(MethodConfig):
                  help="CPC: predict patch codes rows below with InfoNCE over a patch grid (van den Oord et al. 2018)")
 class CPC(Method):
     Config = CPCConfig
+    cfg: CPCConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"

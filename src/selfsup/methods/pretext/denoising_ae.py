@@ -47,6 +47,7 @@ class DenoisingAEConfig(MethodConfig):
 @register_method("denoising-ae", help="reconstruct the clean image from a noisy or masked one (Vincent et al. 2008)")
 class DenoisingAE(Method):
     Config = DenoisingAEConfig
+    cfg: DenoisingAEConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"

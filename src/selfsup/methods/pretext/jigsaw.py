@@ -52,6 +52,7 @@ class JigsawConfig(MethodConfig):
 class Jigsaw(Method):
     permutations: torch.Tensor
     Config = JigsawConfig
+    cfg: JigsawConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     base_lr = 0.1

@@ -51,6 +51,7 @@ class RelativePatchConfig(MethodConfig):
                  help="predict the position of a neighbouring tile from a 3x3 grid (Doersch et al. 2015)")
 class RelativePatch(Method):
     Config = RelativePatchConfig
+    cfg: RelativePatchConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     base_lr = 0.1

@@ -35,6 +35,7 @@ def classifier(in_dim: int, hidden: int, classes: int):
 @register_method("rotation", help="RotNet: predict the rotation 0/90/180/270° of each image (Gidaris et al. 2018)")
 class Rotation(Method):
     Config = RotationConfig
+    cfg: RotationConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     base_lr = 0.1

@@ -49,6 +49,7 @@ class SplitBrainConfig(MethodConfig):
 class SplitBrain(LabInputMethod):
     centers: torch.Tensor
     Config = SplitBrainConfig
+    cfg: SplitBrainConfig
     default_augment = "crop-flip"
     n_views = 1  # one view of each image: the task makes its own inputs and targets from it
     default_optimizer = "adamw"
