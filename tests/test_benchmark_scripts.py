@@ -1,6 +1,7 @@
 """The small benchmark helpers that docs/ figures come from run on hand-made inputs."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -54,8 +55,9 @@ def test_vs_lightly_rejects_an_unknown_precision() -> None:
 def test_throughput_bf16_variant_runs() -> None:
     """The bf16 variant autocasts and reports the bf16 matmul peak (tiny sizes: a smoke test, not a measurement)."""
     code = ("import sys, torch; sys.argv = ['t', '--batch-size', '4', '--steps', '1', '--repeats', '1', "
-            "'--variants', 'channels_last+bf16', '--width', '0.125']; sys.path.insert(0, 'benchmarks'); "
-            "import throughput as t; t.matmul_gflops.__defaults__ = ((64,), 1, torch.float32); t.main()")
+            "'--variants', 'channels_last+bf16', '--width', '0.125']; import runpy; "
+            "t = runpy.run_path('benchmarks/throughput.py', run_name='throughput'); "
+            "t['matmul_gflops'].__defaults__ = ((64,), 1, torch.float32); t['main']()")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
@@ -63,15 +65,23 @@ def test_throughput_bf16_variant_runs() -> None:
 
 
 def test_precision_cell_script_trains_one_cell(tmp_path: Path, monkeypatch) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import precision_cell
-
+    precision_cell = _script("precision_cell")
     from selfsup.studies import base
 
     monkeypatch.setattr(base.Study, "__init__", _tiny_study_init(base.Study.__init__))
     c = precision_cell.cell("mnist5k", tmp_path, "fp32", 2)
     assert c["steps"] == 2 and 0 <= c["knn_top1"] <= 1
     assert "precision: fp32" in (tmp_path / "fp32" / "cells" / "t0.2" / "config.yaml").read_text()
+
+
+def _script(name: str):
+    """A benchmark script loaded as a module from its file (benchmarks/ is not a package on the path)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # the script's own imports of itself (dataclasses, pickling) find it
+    spec.loader.exec_module(module)
+    return module
 
 
 def _tiny_study_init(init):

@@ -98,12 +98,7 @@ def test_every_load_in_the_source_is_safe():
 
 # ------------------------------------------------------------------ every payload, every pickle protocol
 def _payloads(marker: Path) -> dict:
-    import sys as _sys
-
-    sys_path = Path(__file__).resolve().parent
-    if str(sys_path) not in _sys.path:
-        _sys.path.insert(0, str(sys_path))
-    from badinput_runs import payload_kinds
+    from badinput_runs import payload_kinds  # tests/ is on the path, as for conftest
 
     return payload_kinds(marker)
 
