@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,3 +49,17 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "cifar10.npz").exists():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def save_npz(ds: ImageDataset, path: Path) -> Path:
+    """Write an in-memory dataset as the ``.npz`` layout ``selfsup`` reads (NHWC uint8, train and test splits)."""
+    assert ds.test is not None
+    np.savez(path, x_train=ds.train.images.permute(0, 2, 3, 1).numpy(), y_train=ds.train.labels.numpy(),
+             x_test=ds.test.images.permute(0, 2, 3, 1).numpy(), y_test=ds.test.labels.numpy())
+    return path
+
+
+@pytest.fixture(scope="module")
+def blobs_npz(tmp_path_factory) -> Path:
+    """32 blob images (16 px, 4 classes) as an ``.npz`` file, made once per test module."""
+    return save_npz(make_blobs(n=32, size=16), tmp_path_factory.mktemp("data") / "blobs.npz")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_blobs
+from conftest import make_blobs, save_npz
 
 from selfsup.config import ConfigError, build_run_config
 from selfsup.engine import distributed as D
@@ -33,11 +33,7 @@ def _cfg(data: Path, **train):
 
 @pytest.fixture(scope="module")
 def blobs_npz(tmp_path_factory) -> Path:
-    ds = make_blobs(n=16, size=16)
-    p = tmp_path_factory.mktemp("data") / "blobs.npz"
-    np.savez(p, x_train=ds.train.images.permute(0, 2, 3, 1).numpy(), y_train=ds.train.labels.numpy(),
-             x_test=ds.test.images.permute(0, 2, 3, 1).numpy(), y_test=ds.test.labels.numpy())
-    return p
+    return save_npz(make_blobs(n=16, size=16), tmp_path_factory.mktemp("data") / "blobs.npz")
 
 
 def _torchrun_worker(rank: int, ports: list[int], data: str, out: str) -> None:

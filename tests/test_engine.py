@@ -5,10 +5,8 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import make_blobs
 from torch import nn
 
 from selfsup.components.schedules import Constant, Cosine, LinearWarmup
@@ -175,15 +173,6 @@ def test_load_checkpoint_bad_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------- training runs
-@pytest.fixture(scope="module")
-def blobs_npz(tmp_path_factory) -> Path:
-    ds = make_blobs(n=32, size=16)
-    p = tmp_path_factory.mktemp("data") / "blobs.npz"
-    np.savez(p, x_train=ds.train.images.permute(0, 2, 3, 1).numpy(), y_train=ds.train.labels.numpy(),
-             x_test=ds.test.images.permute(0, 2, 3, 1).numpy(), y_test=ds.test.labels.numpy())
-    return p
-
-
 def run_cfg(data: Path, **train):
     t = {"epochs": 2, "batch_size": 8, "log_every": 1, "device": "cpu", "seed": 0, **train}
     return build_run_config({

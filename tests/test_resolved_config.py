@@ -9,11 +9,9 @@ import ast
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import make_blobs
 
 import selfsup.engine
 from selfsup.config import build_run_config
@@ -23,15 +21,6 @@ from selfsup.methods.simclr import SimCLR
 
 RESOLVED = {("optim", "name"), ("optim", "lr"), ("optim", "weight_decay"), ("augment", "preset"),
             ("train", "precision"), ("train", "channels_last"), ("train", "sync_bn")}
-
-
-@pytest.fixture(scope="module")
-def blobs_npz(tmp_path_factory) -> Path:
-    ds = make_blobs(n=32, size=16)
-    p = tmp_path_factory.mktemp("data") / "blobs.npz"
-    np.savez(p, x_train=ds.train.images.permute(0, 2, 3, 1).numpy(), y_train=ds.train.labels.numpy(),
-             x_test=ds.test.images.permute(0, 2, 3, 1).numpy(), y_test=ds.test.labels.numpy())
-    return p
 
 
 def tiny_cfg(data: Path, **train):
