@@ -22,7 +22,7 @@ RANK = {
     "methods": 4,
     "engine": 5,
     "evaluation": 6,
-    "api": 7, "viz": 7,  # api: pretraining with the evaluation callbacks attached
+    "api": 7, "viz": 7, "use": 7,  # api: pretraining with the evaluation callbacks attached; use: embed, search, select, classify
     "studies": 8,
     "cli": 9, "__main__": 9, "__init__": 9,
 }
