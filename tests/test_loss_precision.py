@@ -65,6 +65,9 @@ CASES = {
     "redundancy.variance_loss": (redundancy.variance_loss, lambda: (_g(16, 24, seed=0) * 0.7,)),
     "redundancy.covariance_loss": (redundancy.covariance_loss, lambda: (_g(16, 24, seed=0),)),
     "redundancy.vicreg_loss": (redundancy.vicreg_loss, lambda: (_g(16, 24, seed=0), _g(16, 24, seed=1))),
+    # VIbCReg, VICRegL, DeepCluster-v2, SMoG
+    "redundancy.decorrelation_loss": (redundancy.decorrelation_loss, lambda: (_g(16, 24, seed=0),)),
+    "redundancy.vibcreg_loss": (redundancy.vibcreg_loss, lambda: (_g(16, 24, seed=0), _g(16, 24, seed=1))),
     "distillation.normalized_mse": (distillation.normalized_mse, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1))),
     "distillation.negative_cosine": (distillation.negative_cosine, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1))),
     "distillation.cross_view_cross_entropy": (distillation.cross_view_cross_entropy,
