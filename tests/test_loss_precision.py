@@ -68,6 +68,10 @@ CASES = {
     # VIbCReg, VICRegL, DeepCluster-v2, SMoG
     "redundancy.decorrelation_loss": (redundancy.decorrelation_loss, lambda: (_g(16, 24, seed=0),)),
     "redundancy.vibcreg_loss": (redundancy.vibcreg_loss, lambda: (_g(16, 24, seed=0), _g(16, 24, seed=1))),
+    "clustering.deepcluster_v2_loss": (clustering.deepcluster_v2_loss,
+                                       lambda: (_unit(2, 3, 8, 40, seed=0), torch.arange(16).view(2, 8) % 40, 0.1)),
+    "clustering.group_contrastive_loss": (clustering.group_contrastive_loss,
+                                          lambda: (_g(8, 32, seed=0), _g(40, 32, seed=1), torch.arange(8) * 3, 0.1)),
     "distillation.normalized_mse": (distillation.normalized_mse, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1))),
     "distillation.negative_cosine": (distillation.negative_cosine, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1))),
     "distillation.cross_view_cross_entropy": (distillation.cross_view_cross_entropy,
