@@ -68,7 +68,7 @@ def _one_step(name: str, rank: int, world: int):
     method.train()
     torch.manual_seed(123)  # the global RNG, identical on every rank (as the engine keeps it)
     ctx = StepContext(step=3, total_steps=10, epoch=1, steps_per_epoch=3)
-    out = method(ViewBatch([v[mine] for v in vs], idx[mine]), ctx)
+    out = method(ViewBatch(vs.rows(mine), idx[mine]), ctx)  # this rank's views (and crop boxes)
     out.loss.backward()
     dctx = DistContext(rank, world)
     params = [p for p in method.parameters() if p.requires_grad]

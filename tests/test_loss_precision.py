@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import selfsup.losses
-from selfsup.losses import clustering, contrastive, distillation, masked, metric, pretext, redundancy
+from selfsup.losses import clustering, contrastive, distillation, local, masked, metric, pretext, redundancy
 from selfsup.methods.moco_v3 import ctr_loss
 from selfsup.methods.npid import BankLoss
 
@@ -72,6 +72,9 @@ CASES = {
                                        lambda: (_unit(2, 3, 8, 40, seed=0), torch.arange(16).view(2, 8) % 40, 0.1)),
     "clustering.group_contrastive_loss": (clustering.group_contrastive_loss,
                                           lambda: (_g(8, 32, seed=0), _g(40, 32, seed=1), torch.arange(8) * 3, 0.1)),
+    "local.vicreg_terms": (local.vicreg_terms, lambda: (_g(16, 24, seed=0), _g(16, 24, seed=1))),
+    "local.vicregl_local_loss": (local.vicregl_local_loss, lambda: (_g(4, 9, 24, seed=0), _g(4, 9, 24, seed=1),
+                                                                    torch.rand(4, 9, 2), torch.rand(4, 9, 2), 4)),
     "distillation.normalized_mse": (distillation.normalized_mse, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1))),
     "distillation.negative_cosine": (distillation.negative_cosine, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1))),
     "distillation.cross_view_cross_entropy": (distillation.cross_view_cross_entropy,

@@ -3,6 +3,11 @@
 A pipeline takes a uint8 batch ``(B, C, H, W)`` on the training device and returns a list of float views,
 normalised with the dataset's statistics. All random parameters come from one ``torch.Generator`` that the
 engine owns and checkpoints.
+
+A pipeline built with ``record_boxes=True`` (for methods that match locations across views, VICRegL) also
+reports where each view came from: :class:`Views` is the list of views with ``boxes[i]`` (B, 5) for view i,
+each row ``(top, left, height, width, flipped)`` with the box in fractions of the input image and ``flipped``
+1.0 where the view was mirrored. Recording draws nothing, so the views are the same with or without it.
 """
 from __future__ import annotations
 
@@ -77,6 +82,19 @@ def _finite(name: str, *vals: float) -> None:
         raise ValueError(f"view {name} must be finite numbers, got {vals}")
 
 
+class Views(list):
+    """The views of one batch (a list of (B, C, H_i, W_i) tensors) and, when recorded, their crop ``boxes``."""
+
+    def __init__(self, views=(), boxes: list[torch.Tensor] | None = None) -> None:
+        super().__init__(views)
+        self.boxes = boxes
+
+    def rows(self, index) -> "Views":
+        """The same images' views and boxes for a subset of the batch (``index``: a slice or index tensor)."""
+        boxes = None if self.boxes is None else [b[index] for b in self.boxes]
+        return Views([v[index] for v in self], boxes)
+
+
 class ViewTransform:
     """Applies one :class:`ViewSpec` to a whole batch with per-sample random parameters."""
 
@@ -87,6 +105,11 @@ class ViewTransform:
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """``x``: uint8 or float in [0, 1], (B, C, H, W) → float (B, C, size, size), normalised."""
+        return self.apply(x, gen)[0]
+
+    def apply(self, x: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The view and its geometry (B, 5): ``(top, left, height, width)`` of the crop as fractions of the
+        image, then 1.0 where the view is flipped."""
         s = self.spec
         dev = x.device
         if x.dtype == torch.uint8:
@@ -97,6 +120,9 @@ class ViewTransform:
         else:
             boxes = torch.tensor([[0.0, 0.0, h, w]], device=dev).expand(b, 4)
         flip = ops.bernoulli(b, s.flip_p, gen, dev) if s.flip_p > 0 else None
+        scale = torch.tensor([h, w, h, w], dtype=torch.float32, device=dev)
+        flipped = flip.float() if flip is not None else torch.zeros(b, device=dev)
+        geometry = torch.cat([boxes.float() / scale, flipped[:, None]], dim=1)
         if s.crop or (h, w) != (s.size, s.size) or flip is not None:
             x = ops.resized_crop(x, boxes, s.size, flip)
         if s.jitter_p > 0 and any(v > 0 for v in s.jitter):
@@ -110,7 +136,7 @@ class ViewTransform:
             x = torch.where(apply[:, None, None, None], ops.gaussian_blur(x, sigma, s.kernel_size()), x)
         if s.solarize_p > 0:
             x = ops.solarize(x, ops.bernoulli(b, s.solarize_p, gen, dev))
-        return ops.normalize(x, self.mean.to(dev), self.std.to(dev))
+        return ops.normalize(x, self.mean.to(dev), self.std.to(dev)), geometry
 
 
 @dataclass
@@ -120,6 +146,7 @@ class MultiViewPipeline:
     specs: list[ViewSpec]
     mean: Sequence[float]
     std: Sequence[float]
+    record_boxes: bool = False  # also return each view's crop box (Views.boxes)
     transforms: list[ViewTransform] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -127,10 +154,13 @@ class MultiViewPipeline:
             raise ValueError("a view pipeline needs at least one view")
         self.transforms = [ViewTransform(s, self.mean, self.std) for s in self.specs]
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> list[torch.Tensor]:
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> Views:
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
-        return [t(x, gen) for t in self.transforms]
+        if not self.record_boxes:
+            return Views([t(x, gen) for t in self.transforms])
+        views, boxes = zip(*(t.apply(x, gen) for t in self.transforms))
+        return Views(views, list(boxes))
 
     @property
     def n_views(self) -> int:
@@ -141,3 +171,16 @@ def eval_view(size: int, mean: Sequence[float], std: Sequence[float]) -> ViewTra
     """No augmentation: resize (when needed) and normalise. Used for feature extraction."""
     return ViewTransform(ViewSpec(size=size, crop=False, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0), mean, std)
 
+
+
+def cell_centres(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Where the centres of an h × w grid laid over each view fall in the image: (B, h·w, 2) as (y, x) fractions
+    of the image, row-major like a flattened feature map. ``boxes`` (B, 5) from :class:`Views` (a flipped view's
+    column j is the crop's column w − 1 − j)."""
+    top, left, bh, bw, flipped = boxes.float().unbind(1)
+    v = (torch.arange(h, dtype=torch.float32, device=boxes.device) + 0.5) / h
+    u = (torch.arange(w, dtype=torch.float32, device=boxes.device) + 0.5) / w
+    u = torch.where(flipped[:, None] > 0.5, 1 - u, u)  # (B, w)
+    y = top[:, None, None] + v[None, :, None] * bh[:, None, None]  # (B, h, 1)
+    x = left[:, None, None] + u[:, None, :] * bw[:, None, None]  # (B, 1, w)
+    return torch.stack(torch.broadcast_tensors(y, x), dim=-1).reshape(boxes.shape[0], h * w, 2)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..augment.pipeline import MultiViewPipeline
+from ..augment.pipeline import MultiViewPipeline, Views
 from ..components.base import StepContext, discard_staged, update_parts
 from ..methods.base import Method, MethodOutput, ViewBatch
 from . import distributed as D
@@ -51,9 +51,10 @@ def forward_backward(s: Stepper, x: torch.Tensor, idx: torch.Tensor, ctx: StepCo
         part = slice(i * s.micro, (i + 1) * s.micro) if s.accum > 1 else slice(None)
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.bf16):
             vs = s.views(x[part], aug_gen)
+            boxes = vs.boxes if isinstance(vs, Views) else None  # crop boxes, when the pipeline records them
             if s.channels_last:
                 vs = [v.contiguous(memory_format=torch.channels_last) for v in vs]
-            out = s.forward(ViewBatch(vs, idx[part]), ctx)
+            out = s.forward(ViewBatch(vs, idx[part], boxes), ctx)
         micro_loss = out.loss if s.accum == 1 else out.loss / s.accum
         micro_loss.backward()
         loss = loss + micro_loss.detach().float()

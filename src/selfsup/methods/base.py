@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from ..augment.pipeline import MultiViewPipeline
+from ..augment.pipeline import MultiViewPipeline, Views
 from ..augment.presets import ViewOverrides, build_pipeline
 from ..backbones.base import Backbone
 from ..components.base import StepContext
@@ -28,10 +28,17 @@ from ..errors import ConfigError
 
 @dataclass
 class ViewBatch:
-    """Views of one batch: ``views[i]`` is (B, C, H_i, W_i) float; ``index`` (B,) the images' dataset indices."""
+    """Views of one batch: ``views[i]`` is (B, C, H_i, W_i) float; ``index`` (B,) the images' dataset indices;
+    ``boxes[i]`` (B, 5) view i's crop box (:class:`~selfsup.augment.pipeline.Views`), taken from ``views`` when
+    the pipeline recorded them and none are given."""
 
     views: list[torch.Tensor]
     index: torch.Tensor | None = None
+    boxes: list[torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.boxes is None and isinstance(self.views, Views):
+            self.boxes = self.views.boxes
 
 
 @dataclass
@@ -53,7 +60,8 @@ class Method(nn.Module):
 
     - ``n_views``: the number of views a batch must hold (None: any number, at least ``min_views``);
       ``needs_index``: the batch must carry the images' dataset indices (memory banks). :meth:`check_batch`
-      enforces both before every ``forward`` (a forward pre-hook, so the engine, a user's loop and the tests all
+      ``needs_boxes``: the batch must carry every view's crop box (``ViewBatch.boxes``; :meth:`make_views` then
+      builds a pipeline that records them). :meth:`check_batch` enforces these before every ``forward`` (a forward pre-hook, so the engine, a user's loop and the tests all
       go through it).
     - shared parts (:class:`~selfsup.components.base.SharedPart`: EMA teachers, queues, memory banks, centers,
       priors) only *stage* in ``forward``; their state changes in ``after_step``, which the engine (or
@@ -71,6 +79,7 @@ class Method(nn.Module):
     n_views: ClassVar[int | None] = None  # exactly this many views per batch; None: any number >= min_views
     min_views: ClassVar[int] = 1
     needs_index: ClassVar[bool] = False  # ViewBatch.index must be set (the dataset indices address a memory bank)
+    needs_boxes: ClassVar[bool] = False  # ViewBatch.boxes must be set (methods that match locations across views)
 
     def __init__(self, backbone: Backbone, cfg: Any = None, *, num_train: int = 0) -> None:
         super().__init__()
@@ -93,6 +102,9 @@ class Method(nn.Module):
             raise ValueError(f"{name} expects at least {_views(self.min_views)} (global crops first), got {n}")
         if self.needs_index and batch.index is None:
             raise ValueError(f"{name} needs the images' dataset indices (ViewBatch.index) to address its memory bank")
+        if self.needs_boxes and (batch.boxes is None or len(batch.boxes) != n):
+            raise ValueError(f"{name} needs every view's crop box (ViewBatch.boxes): build the views with "
+                             "method.make_views(...), which records them")
 
     def make_views(self, image_size: int, mean: Sequence[float], std: Sequence[float],
                    augment: AugmentConfig | None = None) -> MultiViewPipeline:
@@ -101,6 +113,7 @@ class Method(nn.Module):
         if (overrides.local_crops or 0) > 0 and not self.supports_multicrop:
             raise ConfigError(f"augment.local_crops: method '{self.method_name()}' does not support multi-crop")
         pipe = build_pipeline(overrides, self.default_augment, image_size, mean, std)
+        pipe.record_boxes = self.needs_boxes
         self._check_view_count(sum(s.size == pipe.specs[0].size for s in pipe.specs), overrides)
         return pipe
 
