@@ -74,7 +74,7 @@ CASES = {
                                           lambda: (_g(8, 32, seed=0), _g(40, 32, seed=1), torch.arange(8) * 3, 0.1)),
     "local.vicreg_terms": (local.vicreg_terms, lambda: (_g(16, 24, seed=0), _g(16, 24, seed=1))),
     "local.vicregl_local_loss": (local.vicregl_local_loss, lambda: (_g(4, 9, 24, seed=0), _g(4, 9, 24, seed=1),
-                                                                    torch.rand(4, 9, 2), torch.rand(4, 9, 2), 4)),
+                                                                    _g(4, 9, 2, seed=2).sigmoid(), _g(4, 9, 2, seed=3).sigmoid(), 4)),
     "distillation.normalized_mse": (distillation.normalized_mse, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1))),
     "distillation.negative_cosine": (distillation.negative_cosine, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1))),
     "distillation.cross_view_cross_entropy": (distillation.cross_view_cross_entropy,
