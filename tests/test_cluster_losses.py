@@ -118,3 +118,20 @@ def test_momentum_groups_follow_their_instances_and_reset_by_kmeans():
     centroids, _ = spherical_kmeans(groups.memory.valid(), 3, 10, seed=2)
     torch.testing.assert_close(groups.features, centroids)
     assert math.isclose(float(groups.features.norm(dim=1).mean()), 1.0, rel_tol=1e-5)
+
+
+def test_deepcluster_v2_targets_are_the_bank_clusters_or_the_nearest_prototype():
+    from selfsup.backbones import build_backbone
+    from selfsup.components.kmeans import nearest_centroid
+    from selfsup.methods.base import build_method
+
+    m = build_method("deepcluster-v2", build_backbone("convnet", width=0.25),
+                     {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 3, "n_prototype_sets": 2}, num_train=10)
+    z = F.normalize(_g(2, 4, 8, seed=0).float(), dim=-1)
+    idx = torch.tensor([1, 3, 5, 7])
+    m.bank.assignments[:, 3] = torch.tensor([2, 0])  # image 3 clustered, the others not yet
+    t = m.targets(idx, z)
+    for s in range(2):
+        want = nearest_centroid(z[s], m.bank.centroids[s])
+        want[1] = m.bank.assignments[s, 3]
+        assert torch.equal(t[s], want)
