@@ -50,8 +50,9 @@ def forward_backward(s: Stepper, x: torch.Tensor, idx: torch.Tensor, ctx: StepCo
     for i in range(s.accum):  # gradient accumulation: micro-batches of `micro` images per rank
         part = slice(i * s.micro, (i + 1) * s.micro) if s.accum > 1 else slice(None)
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.bf16):
-            vs = s.views(x[part], aug_gen)
-            boxes = vs.boxes if isinstance(vs, Views) else None  # crop boxes, when the pipeline records them
+            views = s.views(x[part], aug_gen)
+            boxes = views.boxes if isinstance(views, Views) else None  # crop boxes, when the pipeline records them
+            vs: list[torch.Tensor] = views
             if s.channels_last:
                 vs = [v.contiguous(memory_format=torch.channels_last) for v in vs]
             out = s.forward(ViewBatch(vs, idx[part], boxes), ctx)
