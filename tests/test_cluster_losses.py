@@ -106,7 +106,7 @@ def test_momentum_groups_follow_their_instances_and_reset_by_kmeans():
     before = groups.features.clone()
     z = _g(6, 8, seed=5).float()
     assign = groups.assign(z)
-    groups.stage(z, StepContext(step=0))
+    groups.stage(z, ctx=StepContext(step=0))
     groups.after_step(StepContext(step=0))
     zn = F.normalize(z, dim=1)
     for k in range(3):

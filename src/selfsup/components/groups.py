@@ -41,9 +41,11 @@ class MomentumGroups(SharedPart):
         """(N,) the group of each instance z (N, D): largest cosine similarity."""
         return nearest_centroid(F.normalize(z.float(), dim=1), self.features.float())
 
-    def stage(self, z: torch.Tensor, ctx: StepContext | None = None) -> None:
-        """Target features (N, D) that move the groups (and enter the memory) after the optimizer step."""
-        self._staged.add(z, step=None if ctx is None else ctx.step)
+    def stage(self, *views: torch.Tensor, ctx: StepContext | None = None) -> None:
+        """Target features (B, D) of each view, which move the groups (and enter the memory) after the optimizer
+        step. Each view is gathered on its own, so the memory holds the global batch's rows in the order one
+        process would push them (view by view, images in rank order): the k-means resets then match too."""
+        self._staged.add(*views, step=None if ctx is None else ctx.step)
 
     @torch.no_grad()
     def update(self, z: torch.Tensor) -> None:
@@ -67,7 +69,7 @@ class MomentumGroups(SharedPart):
     def after_step(self, ctx: StepContext) -> None:
         staged = self._staged.take()
         if staged is not None:
-            z = gather_no_grad(staged[0])
+            z = torch.cat([gather_no_grad(v) for v in staged])
             self.update(z)
             for part in z.split(self.memory.size):
                 self.memory.push(F.normalize(part.float(), dim=1))

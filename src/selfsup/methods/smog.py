@@ -85,6 +85,6 @@ class SMoG(Method):
         a1, a2 = self.groups.assign(z).chunk(2)
         g, tau = self.groups.features, self.cfg.temperature
         loss = (group_contrastive_loss(p1, g, a2, tau) + group_contrastive_loss(p2, g, a1, tau)) / 2
-        self.groups.stage(z, ctx)
+        self.groups.stage(*z.chunk(2), ctx=ctx)
         return MethodOutput(loss=loss, logs={"ema_momentum": self.target.last_momentum.detach().clone()},
                             embedding=h[: p1.shape[0]].detach())
