@@ -93,8 +93,11 @@ def test_cluster_bank_writes_after_the_step_and_clusters_at_the_epoch_end():
     bank.after_step(StepContext(step=1, epoch=0, steps_per_epoch=2))  # the epoch's last step
     assert (bank.assignments[:, idx] >= 0).all() and (bank.assignments[:, [1, 3, 5, 8]] == -1).all()
     # set 1 clusters view 1; its centroids are k-means of those rows with the epoch's seed
-    centroids, assign = spherical_kmeans(bank.rows[1, idx], 3, 5, seed=0 + 1_000_003 * 1 + 1)
+    centroids, assign = spherical_kmeans(bank.rows[1, idx], 3, 5, seed=0 + 1_000_003 * 2 + 1)  # after 2 steps
     assert torch.equal(bank.centroids[1], centroids) and torch.equal(bank.assignments[1, idx], assign)
+    early = ClusterBank(size=10, dim=8, views=2, sets=2, k=3, first_epoch_clusterings=3)
+    assert [early.clusters_after(StepContext(step=s, epoch=s // 8, steps_per_epoch=8)) for s in range(16)] == \
+        [False, True, False, True, False, True, False, True] + [False] * 7 + [True]  # epoch 0: 3 + its end
     clone = ClusterBank(size=10, dim=8, views=2, sets=2, k=3)
     clone.load_state_dict(bank.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), bank.state_dict().values()))

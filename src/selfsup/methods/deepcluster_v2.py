@@ -14,9 +14,12 @@ What prevents collapse: the targets come from a clustering of the whole dataset'
 script freezes them for the whole run; here they are buffers, which is the same thing).
 
 Deviation: the authors fill the bank with a forward pass over the data before the first epoch. A method here
-never sees the data outside its steps, so during the first epoch the bank fills from the training steps and an
-image with no assignment yet is assigned to its nearest current prototype (the k-means E-step, from random
-unit prototypes at the start); from the second epoch on every image has its k-means cluster, as in the paper.
+never sees the data outside its steps, so during the first epoch the bank fills from the training steps, is
+clustered ``first_epoch_clusterings`` (10) times at evenly spaced steps over the images seen so far, and an
+image with no cluster yet is assigned to its nearest current prototype (the k-means E-step; random unit
+prototypes before the first clustering). Without the early clusterings the first epoch would train on
+self-labels of random prototypes, which concentrate on a few of them. From the second epoch on every image has
+its k-means cluster, as in the paper.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from ..augment.multicrop import count_global_views, group_by_size
 from ..components.base import StepContext
 from ..components.cluster_bank import ClusterBank
 from ..components.kmeans import nearest_centroid
-from ..config_checks import SEED_CAP, checked, dim
+from ..config_checks import COUNT_CAP, SEED_CAP, checked, dim
 from ..heads.mlp import projection_head
 from ..losses.clustering import deepcluster_v2_loss
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
@@ -48,6 +51,9 @@ class DeepClusterV2Config(MethodConfig):
     temperature: float = checked(0.1, gt=0)
     kmeans_iterations: int = checked(10, ge=1, cap=1000)
     kmeans_seed: int = checked(0, ge=0, cap=SEED_CAP)
+    # k-means runs in the first epoch before its end, over the images seen so far (in place of the paper's
+    # pass over the data before training; 0: only at the epoch's end)
+    first_epoch_clusterings: int = checked(10, ge=0, cap=COUNT_CAP)
 
 
 @register_method("deepcluster-v2", help="DeepCluster-v2: cross-entropy to per-epoch k-means clusters of a memory "
@@ -70,7 +76,8 @@ class DeepClusterV2(Method):
         c = self.cfg
         self.projector = projection_head(backbone.num_features, c.proj_hidden_dim, c.proj_dim, 2)
         self.bank = ClusterBank(self.num_train, c.proj_dim, N_ASSIGN_VIEWS, c.n_prototype_sets, c.n_prototypes,
-                                c.kmeans_iterations, c.kmeans_seed, owner="deepcluster-v2")
+                                c.kmeans_iterations, c.kmeans_seed, c.first_epoch_clusterings,
+                                owner="deepcluster-v2")
 
     def check_batch(self, batch: ViewBatch) -> None:
         super().check_batch(batch)
