@@ -10,8 +10,8 @@ prototypes for that epoch, and every image's cluster; every crop then predicts i
 embeddings of global crop ``s mod 2``, as in the authors' code.
 
 What prevents collapse: the targets come from a clustering of the whole dataset's embeddings into K clusters
-(each non-empty at its initialisation), not from the batch, and the prototypes are not learned (the authors'
-script freezes them for the whole run; here they are buffers, which is the same thing).
+(each non-empty at its initialisation), not from the batch, and the prototypes are not learned (buffers;
+solo-learn's implementation freezes them too).
 
 Deviation: the authors fill the bank with a forward pass over the data before the first epoch. A method here
 never sees the data outside its steps, so during the first epoch the bank fills from the training steps, is
