@@ -52,7 +52,7 @@ def forward_backward(s: Stepper, x: torch.Tensor, idx: torch.Tensor, ctx: StepCo
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.bf16):
             views = s.views(x[part], aug_gen)
             boxes = views.boxes if isinstance(views, Views) else None  # crop boxes, when the pipeline records them
-            vs: list[torch.Tensor] = views
+            vs: list[torch.Tensor] = list(views)  # a plain list into the (possibly compiled) forward
             if s.channels_last:
                 vs = [v.contiguous(memory_format=torch.channels_last) for v in vs]
             out = s.forward(ViewBatch(vs, idx[part], boxes), ctx)
