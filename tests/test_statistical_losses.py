@@ -10,9 +10,17 @@ from conftest import make_blobs
 
 from selfsup.backbones import build_backbone
 from selfsup.components.base import StepContext, update_parts
-from selfsup.config import ConfigError
-from selfsup.losses.statistical import (epps_pulley, lejepa_prediction, mmcr_loss, patch_invariance, sigreg,
-                                        total_coding_rate, whiten, wmse_loss)
+from selfsup.config import AugmentConfig, ConfigError
+from selfsup.losses.statistical import (
+    epps_pulley,
+    lejepa_prediction,
+    mmcr_loss,
+    patch_invariance,
+    sigreg,
+    total_coding_rate,
+    whiten,
+    wmse_loss,
+)
 from selfsup.methods.base import ViewBatch, build_method
 from selfsup.methods.lejepa import slice_directions
 
@@ -119,8 +127,6 @@ def test_emp_ssl_preset_makes_20_native_resolution_patches():
     views = method.make_views(32, (0.5,) * 3, (0.25,) * 3)
     assert len(views.specs) == 20
     assert all(s.size == 16 and s.crop_scale == (0.25, 0.25) and s.crop_ratio == (1.0, 1.0) for s in views.specs)
-    from selfsup.config import AugmentConfig
-
     upsampled = method.make_views(32, (0.5,) * 3, (0.25,) * 3, AugmentConfig(size=32))  # the paper's 32 px patches
     assert all(s.size == 32 for s in upsampled.specs)
 
@@ -251,8 +257,6 @@ def test_lejepa_trains_multicrop_on_vit_and_resnet(backbone):
     torch.manual_seed(0)
     bb = build_backbone(backbone, in_channels=3, width=0.25, image_size=16)
     method = build_method("lejepa", bb, {"proj_hidden_dim": 32, "proj_dim": 8, "num_slices": 16})
-    from selfsup.config import AugmentConfig
-
     views = method.make_views(16, data.mean, data.std, AugmentConfig(local_crops=2, local_size=8))
     x, idx, _ = next(data.train.batches(4, shuffle=False))
     vs = views(x, torch.Generator().manual_seed(0))

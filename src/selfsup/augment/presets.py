@@ -132,9 +132,10 @@ BYOL_2 = replace(BYOL_1, blur_p=0.1, solarize_p=0.2)
 LOCAL = replace(BYOL_1, crop_scale=(LOCAL_SCALE_MIN, 0.25), blur_p=0.5)
 CROP_FLIP = ViewSpec(size=_T, crop_scale=(0.35, 1.0), jitter_p=0.0, grayscale_p=0.0)
 IDENTITY = ViewSpec(size=_T, crop=False, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
-# EMP-SSL (Tong et al. 2023): square crops of exactly 1/4 of the image area, BYOL-like colour, blur 0.1, solarise 0.2
+# EMP-SSL (Tong et al. 2023, the authors' code): square crops of exactly 1/4 of the image area, flip, jitter
+# (0.4, 0.4, 0.4, 0.2) p 0.8, grayscale 0.2, blur 0.1, solarise 0.1
 EMP_PATCH = ViewSpec(size=_T, crop_scale=(0.25, 0.25), crop_ratio=(1.0, 1.0), jitter=(0.4, 0.4, 0.4, 0.2),
-                     blur_p=0.1, solarize_p=0.2)
+                     blur_p=0.1, solarize_p=0.1)
 
 _BYOL = Preset((BYOL_1, BYOL_2), local=LOCAL)
 PRESETS: dict[str, tuple[Preset, str]] = {
