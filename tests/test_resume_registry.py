@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_blobs
+from conftest import make_blobs, tiny_run_config
 
-from selfsup.config import ConfigError, build_run_config
+from selfsup.config import ConfigError
 from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.rundir import list_checkpoints
 from selfsup.engine.trainer import pretrain
@@ -28,16 +28,8 @@ MULTICROP = [n for n in METHODS.names() if METHODS.get(n).supports_multicrop]
 
 
 def tiny_config(name: str, local_crops: int = 0, **train):
-    cls = METHODS.get(name)
-    raw = {
-        "method": {"name": name, **dict(getattr(cls, "test_overrides", {}))},
-        "backbone": {"name": getattr(cls, "test_backbone", "convnet"), "width": 0.25},
-        "train": {"epochs": 1, "batch_size": 8, "seed": 5, "device": "cpu", "log_every": 1, **train},
-        "optim": {"warmup_epochs": 0.5},
-    }
-    if local_crops:
-        raw["augment"] = {"local_crops": local_crops}
-    return build_run_config(raw)
+    return tiny_run_config(name, augment={"local_crops": local_crops} if local_crops else None,
+                           **{"epochs": 1, "seed": 5, **train})
 
 
 def curve(run: Path) -> list[dict]:
