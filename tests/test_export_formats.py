@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 from test_export import our_backbone, tiny_run
+from torch import nn
 
 from selfsup.cli.main import main
 from selfsup.engine.export import ExportError, export_backbone, read_export_metadata

@@ -164,9 +164,8 @@ def test_our_vit_export_loads_back_into_a_vit():
 def test_pretrain_with_init_records_it_and_resume_does_not_reapply(tmp_path, capsys, monkeypatch):
     """Through the CLI: config.yaml keeps backbone.init, init.json lists what loaded; a resume reads the
     checkpoint, not the file (gone by then)."""
-    from safetensors.torch import save_file
-
     from conftest import save_npz
+    from safetensors.torch import save_file
 
     torch.manual_seed(0)
     bb = build_method_for(build_run_config({"backbone": {"name": "resnet18", "width": 0.25}}), 3, 16, 32).backbone

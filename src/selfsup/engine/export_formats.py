@@ -103,7 +103,7 @@ def write_onnx(path: Path, backbone: Backbone, meta: dict[str, Any]) -> Path:
     onnx = onnx_module()
     size = list(meta["image_size"] or [32, 32])
     x = torch.zeros(2, int(meta["in_channels"]), *[int(s) for s in size])
-    model = backbone.to("cpu", memory_format=torch.contiguous_format).eval()
+    model = backbone.to("cpu").to(memory_format=torch.contiguous_format).eval()
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with warnings.catch_warnings(), torch.no_grad():
