@@ -174,3 +174,61 @@ def yaml_cases() -> list[Case]:
               Case("--config nosuch-preset", pretrain("--config", "nosuch-preset"), ("nosuch-preset",)),
               Case("--config a directory", pretrain("--config", "{tmp}"), ("--config", "{tmp}"))]
     return cases
+
+
+# ------------------------------------------------------------------------------------------- pretrain --init
+class GetCwd:
+    """A pickled call (harmless: os.getcwd) inside a state dict: the file must be refused, not loaded."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def init_files() -> dict[str, bytes]:
+    import json
+
+    import torch
+    from safetensors.torch import save
+
+    return {
+        "init-list.pth": _torch_bytes([1, 2, 3]),
+        "init-text.pth": b"these are not weights\n",
+        "init-code.pth": _torch_bytes({"conv1.weight": torch.zeros(1), "x": GetCwd()}),
+        "init-shape.pth": _torch_bytes({"conv1.weight": torch.zeros(64, 3, 7, 7)}),  # full width into width 0.25
+        "init-vit-export.safetensors": save({"cls_token": torch.zeros(1, 1, 8)},
+                                            metadata={"selfsup": json.dumps({"arch": "vit-tiny"})}),
+    }
+
+
+def init_cases() -> list[Case]:
+    resnet = ("--backbone", "resnet18")
+    return [
+        Case("pretrain --init missing", pretrain("--init", "{tmp}/no-such-weights.pth"),
+             ("backbone.init", "no-such-weights.pth", "not found")),
+        Case("pretrain --init not a state dict", pretrain("--init", "{f}"), ("init-list.pth", "not a state dict"),
+             file="init-list.pth"),
+        Case("pretrain --init a text file", pretrain("--init", "{f}"), ("init-text.pth", "not a readable"),
+             file="init-text.pth"),
+        Case("pretrain --init pickled code", pretrain("--init", "{f}"),
+             ("init-code.pth", "refused: loading it would execute code"), file="init-code.pth"),
+        Case("pretrain --init shape mismatch", pretrain(*resnet, "--init", "{f}"),
+             ("backbone.init", "conv1.weight", "(64, 3, 7, 7)", "(16, 3, 7, 7)"), file="init-shape.pth"),
+        Case("pretrain --init an export of another architecture", pretrain("--init", "{f}"),
+             ("backbone.init", "vit-tiny", "convnet"), file="init-vit-export.safetensors"),
+        Case("export --format onnx without onnx", ("export", "{run}", "--format", "onnx", "--out", "{out}/b.onnx"),
+             ("--format onnx", "onnx package", "pip install"), extra={"hide_modules": ("onnx",)}),
+        Case("export --format timm of a convnet", ("export", "{run}", "--format", "timm", "--out", "{out}/f"),
+             ("--format timm", "convnet")),
+    ]

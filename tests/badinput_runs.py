@@ -296,7 +296,7 @@ def eval_cases() -> list[Case]:
 
 def export_cases() -> list[Case]:
     cases = [Case(f"export --format {f!r}", ("export", "{run}", "--format", f, "--out", "{out}/b"), ("--format",))
-             for f in ("onnx", "", "PT", "safetensors ", "torchscript", "pt,safetensors")]
+             for f in ("tflite", "", "PT", "safetensors ", "torchscript", "pt,safetensors")]
     cases += [Case("export --out under a regular file", ("export", "{run}", "--out", "{tmp}/a-file/b.safetensors"),
                    ("a-file",)),
               Case("export --out an existing directory", ("export", "{run}", "--out", "{tmp}/runs/empty-dir"),
