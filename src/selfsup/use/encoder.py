@@ -148,6 +148,8 @@ def load_encoder(source: str | Path, device: str | torch.device = "cpu", *, imag
 def _device(name: str) -> torch.device:
     try:
         return resolve_device(name)
+    except ConfigError:
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)") from None
     except RuntimeError as e:
         raise ConfigError(f"--device '{name}' is not a device (auto, cpu, cuda, cuda:N): "
                           f"{str(e).splitlines()[0][:120]}") from None

@@ -61,6 +61,10 @@ def _sidecar_meta(path: Path) -> dict[str, Any]:
 
 def _read_npz(path: Path) -> Embeddings:
     with np.load(path, allow_pickle=False) as z:
+        if "embeddings" not in z or "ids" not in z:
+            keys = ", ".join(list(z.keys())[:4])
+            raise DataError(f"{path}: not an embeddings file of `selfsup embed` (it has no 'embeddings' and 'ids' "
+                            f"arrays; keys: {keys or '(none)'})")
         meta = json.loads(str(z["meta"])) if "meta" in z else _sidecar_meta(path)
         labels = z["labels"].astype(np.int64) if "labels" in z else None
         classes = [str(c) for c in z["classes"]] if "classes" in z else []
