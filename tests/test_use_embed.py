@@ -142,7 +142,7 @@ def test_embed_a_folder_every_format_ids_aligned_and_corrupt_files_counted(run, 
 def test_embed_an_npz_normalized_and_a_backbone_name(run, blobs_npz, tmp_path):
     out = tmp_path / "e.npz"
     assert cli("embed", run, "--data", blobs_npz, "--out", out, "--normalize")[0] == 0
-    with np.load(out) as z:
+    with np.load(out, allow_pickle=False) as z:
         assert z["embeddings"].shape[0] == 48 and z["ids"][0] == "train/0" and z["ids"][-1] == "test/15"
         np.testing.assert_allclose(np.linalg.norm(z["embeddings"], axis=1), 1, rtol=1e-5)
         assert json.loads(str(z["meta"]))["normalized"] is True

@@ -10,7 +10,7 @@ Memory: the images of one batch, plus the output matrix (4 bytes x dimensions pe
 Formats, by the suffix of the output file:
 
 - ``.npz``: ``embeddings`` (N, D) float32, ``ids`` (N,) str, ``labels`` (N,) int64 and ``classes`` when
-  the data is labelled, ``meta`` (a JSON string); loads with ``np.load(FILE)`` (no pickle);
+  the data is labelled, ``meta`` (a JSON string); loads with ``np.load(FILE, allow_pickle=False)``;
 - ``.csv``: lightly's layout, ``filenames,embedding_0,...,embedding_{D-1},labels`` (labels 0 when unlabelled,
   as lightly writes them);
 - ``.pt``: ``{"embeddings", "ids", "labels", "classes", "meta"}``, loadable with ``torch.load(FILE,
