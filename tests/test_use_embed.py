@@ -147,9 +147,10 @@ def test_embed_an_npz_normalized_and_a_backbone_name(run, blobs_npz, tmp_path):
         np.testing.assert_allclose(np.linalg.norm(z["embeddings"], axis=1), 1, rtol=1e-5)
         assert json.loads(str(z["meta"]))["normalized"] is True
     out = tmp_path / "random.pt"
-    assert cli("embed", "convnet", "--data", blobs_npz, "--out", out, "--width", "0.25", "--image-size", "16")[0] == 0
+    assert cli("embed", "convnet", "--data", blobs_npz, "--out", out, "--width", "0.25")[0] == 0
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["encoder"]["kind"] == "backbone" and meta["encoder"]["seed"] == 0
+    assert meta["encoder"]["preprocessing"]["image_size"] == 16  # the data's own size
 
 
 def test_embed_streams_the_folder_in_batches(run, folder, tmp_path, monkeypatch):

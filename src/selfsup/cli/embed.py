@@ -17,17 +17,20 @@ def _say(line: str) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from ..use.embed import check_output, data_channels, embed_data, write_embeddings
+    from ..use.embed import check_output, data_shape, embed_data, write_embeddings
     from ..use.encoder import load_encoder
 
     out = check_output(args.out)
     if args.batch_size < 1:
         from ..errors import ConfigError
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.image_size is not None and args.image_size < 1:
+        from ..errors import ConfigError
+        raise ConfigError(f"--image-size must be >= 1, got {args.image_size}")
     extra = {}
     if not Path(args.source).exists():  # a backbone name: random init, sized by the flags and the data
-        extra = {"image_size": args.image_size, "width": args.width, "seed": args.seed,
-                 "channels": data_channels(args.data)}
+        channels, size = data_shape(args.data)
+        extra = {"image_size": args.image_size or size, "width": args.width, "seed": args.seed, "channels": channels}
     encoder = load_encoder(args.source, args.device, **extra)
     p = encoder.preprocessing
     _say(f"embed: {encoder.info['kind']} {encoder.info['arch']} ({encoder.num_features} features, "
@@ -164,7 +167,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     em.add_argument("--batch-size", type=int, default=256)
     em.add_argument("--workers", type=int, default=4, help="threads decoding image files")
     em.add_argument("--device", default="auto")
-    em.add_argument("--image-size", type=int, default=32, help="backbone name only: the input size")
+    em.add_argument("--image-size", type=int, help="backbone name only: the input size (default: the data's; "
+                    "64 for a folder)")
     em.add_argument("--width", type=float, default=1.0, help="backbone name only: the width multiplier")
     em.add_argument("--seed", type=int, default=0, help="backbone name only: the random init's seed")
     em.set_defaults(fn=cmd_embed)

@@ -41,10 +41,11 @@ from ..data.scan import scan_folder
 from ..errors import ConfigError
 from .encoder import Encoder
 
-__all__ = ["FORMATS", "Embeddings", "check_output", "data_channels", "embed_data", "open_data",
+__all__ = ["FORMATS", "Embeddings", "check_output", "data_shape", "embed_data", "open_data",
            "write_embeddings"]
 
 FORMATS = (".npz", ".csv", ".pt")
+FOLDER_SIZE = 64  # the size pretrain decodes a folder at when none is given
 Batch = tuple[torch.Tensor, list[str], "torch.Tensor | None"]
 
 
@@ -71,15 +72,16 @@ def check_output(out: str | Path) -> Path:
 
 
 # -------------------------------------------------------------------------------------------- reading the data
-def data_channels(spec: str) -> int:
-    """The channels a randomly initialised encoder takes for ``spec``: a folder's from its headers (3 if any
-    image is in colour), an archive's or dataset's own."""
+def data_shape(spec: str) -> tuple[int, int]:
+    """``(channels, image size)`` a randomly initialised encoder takes for ``spec``: a folder's channels from its
+    headers (3 if any image is in colour) and ``pretrain``'s folder size (64); an archive's or dataset's own."""
     path = Path(spec)
     if path.is_dir():
         from ..data.folder import folder_channels
 
-        return folder_channels(scan_folder(path)[0])[0]
-    return load_dataset(spec).channels
+        return folder_channels(scan_folder(path)[0])[0], FOLDER_SIZE
+    ds = load_dataset(spec)
+    return ds.channels, ds.image_size[0]
 
 
 @dataclass
@@ -158,7 +160,7 @@ def embed_data(encoder: Encoder, spec: str, *, batch_size: int = 256, normalize:
         ids += bids
         if y is not None:
             labels.append(y)
-        if progress and time.monotonic() - last >= 5:
+        if progress and time.monotonic() - last >= 5 and len(ids) + len(src.skipped) < src.total:
             last = time.monotonic()
             progress(_progress_line(len(ids) + len(src.skipped), src.total, last - t0))
     _report_skipped(spec, src)
