@@ -160,3 +160,13 @@ def test_gallery_renders_in_headless_chromium(embedded, tmp_path):
     assert shot.is_file(), "chromium wrote no screenshot"
     arr = np.asarray(Image.open(shot).convert("L"))
     assert arr.shape == (600, 900) and arr.std() > 10 and (arr < 100).mean() > 0.003  # thumbnails and text
+
+
+def test_thumbnails_are_read_only_from_inside_the_folder(embedded, tmp_path):
+    from selfsup.use.gallery import Thumbnails
+
+    outside = embedded["folder"].parent / "outside.png"
+    shutil.copy(embedded["folder"] / "c0" / "00.png", outside)
+    thumbs = Thumbnails(load_embeddings(embedded["npz"]).meta)
+    assert thumbs.of_id("c0/00.png").startswith("data:image/png;base64,")
+    assert thumbs.of_id("../outside.png") is None and thumbs.of_id(str(outside)) is None

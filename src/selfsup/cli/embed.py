@@ -17,10 +17,12 @@ def _say(line: str) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from ..engine.run_access import check_writable
     from ..use.embed import check_output, data_shape, embed_data, write_embeddings
     from ..use.encoder import load_encoder
 
     out = check_output(args.out)
+    check_writable(out, "the embeddings")
     if args.batch_size < 1:
         from ..errors import ConfigError
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import io
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import numpy as np
@@ -61,9 +61,9 @@ class Thumbnails:
             return None
 
     def of_id(self, name: str) -> str | None:
-        if self.root is not None:
-            path = (self.root / name).resolve()
-            return self.of_file(path) if self.root in path.parents else None
+        if self.root is not None:  # only files inside the folder (an id is a relative path without "..")
+            rel = PurePosixPath(name)
+            return None if rel.is_absolute() or ".." in rel.parts else self.of_file(self.root / rel)
         split, _, index = name.partition("/")
         try:
             if self._ds is None:

@@ -21,6 +21,7 @@ import torch
 
 from ..checkpoints import load_checkpoint
 from ..data.base import DataError
+from ..data.folder import BadImage, decode_image
 from ..errors import ConfigError
 from .embed import FORMATS, Embeddings
 from .encoder import Encoder, load_encoder
@@ -111,6 +112,9 @@ def search(db: torch.Tensor, queries: torch.Tensor, k: int, *, exclude: torch.Te
     similarities (Q, k))``, most similar first; ``exclude[q]`` (a row of ``db``, or -1) is never returned for q."""
     if index not in INDEXES:
         raise ConfigError(f"--index must be one of {', '.join(INDEXES)}, got '{index}'")
+    available = len(db) - (1 if exclude is not None and bool((exclude >= 0).any()) else 0)
+    if not 1 <= k <= available:
+        raise ConfigError(f"--k must be between 1 and the {available} rows searched, got {k}")
     if index == "faiss" or (index == "auto" and len(db) >= FAISS_AUTO_ROWS and _faiss() is not None):
         return _faiss_search(db, queries, k, exclude)
     best_s = torch.full((len(queries), k), -float("inf"))
@@ -195,14 +199,13 @@ def resolve_queries(emb: Embeddings, path: str | Path, queries: list[str], db: t
             vecs.append(db[row[q]])
             excl.append(row[q])
         elif Path(q).is_file():
-            from PIL import Image
-
             encoder = encoder or encoder_of(emb, path, device)
-            try:
-                with Image.open(q) as im:
-                    vecs.append(unit_rows(encoder.embed([im]).numpy())[0])
-            except OSError as e:
-                raise DataError(f"--query {q}: not a readable image ({type(e).__name__})") from None
+            p = encoder.preprocessing
+            try:  # read as `selfsup embed` reads a folder's files (same guards, crop and size)
+                x = torch.from_numpy(decode_image(Path(q), p.image_size, p.channels))[None]
+            except BadImage as e:
+                raise DataError(f"--query {q}: not a readable image ({e})") from None
+            vecs.append(unit_rows(encoder.embed(x).numpy())[0])
             names.append(q)
             excl.append(-1)
         else:
