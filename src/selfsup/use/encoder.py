@@ -75,7 +75,7 @@ class Encoder:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.backbone.eval().requires_grad_(False).to(self.device)
+        self.backbone.eval().to(self.device)
         p = self.preprocessing
         self._view = eval_view(p.image_size, p.mean, p.std)
 
