@@ -77,6 +77,14 @@ def test_load_encoder_from_an_export_equals_the_run(run, tmp_path, fmt):
     torch.testing.assert_close(enc.embed(x), load_encoder(run).embed(x))
 
 
+def test_a_vit_export_under_timm_names_loads_back(tmp_path):
+    run = tiny_run(tmp_path / "vit-run", backbone="vit-test")
+    path = export_backbone(run, "pt", tmp_path / "vit.pt")
+    assert "patch_embed.proj.weight" in torch.load(path, weights_only=True)  # timm's names in the file
+    x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    torch.testing.assert_close(load_encoder(path).embed(x), reference_features(run, x), rtol=1e-5, atol=1e-5)
+
+
 def test_an_export_of_another_architecture_than_it_claims_is_one_line(run, tmp_path):
     path = export_backbone(run, "pt", tmp_path / "bb.pt")
     side = tmp_path / "bb.pt.json"

@@ -14,9 +14,9 @@ BAD_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 30
 MARKUP_NAME = "<img src=x onerror=alert(1)>.png"  # a legal file name; must show as text in any page
 
 
-def tiny_run(out: Path, size: int = 16, channels: int = 3) -> Path:
-    """A convnet (width 0.25) SimCLR run pretrained for 2 steps on 32 blob images."""
-    cfg = build_run_config({"backbone": {"name": "convnet", "width": 0.25},
+def tiny_run(out: Path, size: int = 16, channels: int = 3, backbone: str = "convnet") -> Path:
+    """A SimCLR run (convnet width 0.25 by default) pretrained for 2 steps on 32 blob images."""
+    cfg = build_run_config({"backbone": {"name": backbone, "width": 0.25},
                             "train": {"epochs": 1, "max_steps": 2, "batch_size": 8, "device": "cpu", "seed": 0}})
     pretrain(cfg, out, data=make_blobs(n=32, size=size, channels=channels), quiet=True)
     return out
