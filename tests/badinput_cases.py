@@ -231,4 +231,35 @@ def init_cases() -> list[Case]:
              ("--format onnx", "onnx package", "pip install"), extra={"hide_modules": ("onnx",)}),
         Case("export --format timm of a convnet", ("export", "{run}", "--format", "timm", "--out", "{out}/f"),
              ("--format timm", "convnet")),
+# ------------------------------------------------------------------------------------------- embed, neighbors
+# {tmp}/use/ holds what badinput_runs.make_use_files writes: emb.npz (embeddings of {npz} by {run}) and
+# other-arch.pt, an export of {run} whose metadata claims another architecture than its weights are, and
+# a-dir.npz, a directory.
+EMB = "{tmp}/use/emb.npz"
+
+
+def use_embed_cases() -> list[Case]:
+    embed = ("embed", "{run}", "--data", "{npz}", "--out")
+    return [
+        Case("embed a folder with a corrupt file (counted skip)", ("embed", "{run}", "--data", "{f}", "--out",
+             "{out}/e.npz"), ("skipped 1 of 13", "bad.png"), expect="skip", file="one-corrupt-beside-good"),
+        Case("embed an export of another architecture than it claims", ("embed", "{tmp}/use/other-arch.pt", "--data",
+             "{npz}", "--out", "{out}/e.npz"), ("other-arch.pt", "resnet18")),
+        Case("embed --out with an unknown suffix", (*embed, "{out}/e.txt"), ("--out", ".txt")),
+        Case("embed --out without a suffix", (*embed, "{out}/e"), ("--out",)),
+        Case("embed --out an existing directory", (*embed, "{tmp}/use/a-dir.npz"), ("--out", "a-dir.npz")),
+        Case("embed a source that is nothing", ("embed", "{tmp}/no/such/run", "--data", "{npz}", "--out",
+             "{out}/e.npz"), ("{tmp}/no/such/run",)),
+        Case("embed --batch-size 0", (*embed, "{out}/e.npz", "--batch-size", "0"), ("--batch-size",)),
+        Case("embed --data missing", ("embed", "{run}", "--data", "/no/such/data", "--out", "{out}/e.npz"),
+             ("/no/such/data",)),
+        Case("neighbors --query an id not in the file", ("neighbors", EMB, "--query", "nosuch/id.png"),
+             ("--query", "nosuch/id.png")),
+        Case("neighbors --k larger than the data", ("neighbors", EMB, "--k", "100000"), ("--k",)),
+        Case("neighbors --k 0", ("neighbors", EMB, "--k", "0"), ("--k",)),
+        Case("neighbors --duplicates 2", ("neighbors", EMB, "--duplicates", "2"), ("--duplicates",)),
+        Case("neighbors --duplicates nan", ("neighbors", EMB, "--duplicates", "nan"), ("--duplicates",)),
+        Case("neighbors --html without .html", ("neighbors", EMB, "--html", "{out}/g.txt"), ("--html",)),
+        Case("neighbors a missing file", ("neighbors", "{tmp}/use/none.npz"), ("none.npz",)),
+        Case("neighbors a file that is not embeddings", ("neighbors", "{npz}"), ("tiny.npz",)),
     ]

@@ -364,3 +364,19 @@ def malicious_cases() -> list[Case]:
                        needles, run=run),
                   Case(f"pretrain --resume malicious {payload} protocol {protocol}", _resume_argv(), needles, run=run)]
     return cases
+
+
+# ------------------------------------------------------------------------------------ embed, neighbors
+def make_use_files(tmp: Path, run: Path, npz: Path) -> None:
+    """``tmp/use/emb.npz`` (embeddings of ``npz`` by ``run``) and ``tmp/use/other-arch.pt``, an export of ``run``
+    whose metadata names another architecture (resnet18) than its weights (a convnet)."""
+    import json
+
+    from selfsup.cli.main import main
+
+    use = tmp / "use"
+    assert main(["embed", str(run), "--data", str(npz), "--out", str(use / "emb.npz")]) == 0
+    assert main(["export", str(run), "--format", "pt", "--out", str(use / "other-arch.pt")]) == 0
+    (use / "a-dir.npz").mkdir()  # a directory where an output file is asked for
+    side = use / "other-arch.pt.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "arch": "resnet18"}))

@@ -218,6 +218,12 @@ def load_method_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
                               f"({_state_diff(module, state) or _reason(e)})") from None
 
 
+def state_mismatch(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """Why ``state`` does not fit ``module`` in a few words (missing, unexpected, mis-shaped keys); "" when it
+    fits."""
+    return _state_diff(module, state)
+
+
 def _state_diff(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
