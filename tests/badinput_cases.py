@@ -231,6 +231,9 @@ def init_cases() -> list[Case]:
              ("--format onnx", "onnx package", "pip install"), extra={"hide_modules": ("onnx",)}),
         Case("export --format timm of a convnet", ("export", "{run}", "--format", "timm", "--out", "{out}/f"),
              ("--format timm", "convnet")),
+    ]
+
+
 # ------------------------------------------------------------------------------------------- embed, neighbors
 # {tmp}/use/ holds what badinput_runs.make_use_files writes: emb.npz (embeddings of {npz} by {run}) and
 # other-arch.pt, an export of {run} whose metadata claims another architecture than its weights are, and
