@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import selfsup.losses
 from selfsup.losses import clustering, contrastive, distillation, masked, metric, pretext, redundancy
+from selfsup.losses import contrastive_variants, covariance_contrast
 from selfsup.methods.moco_v3 import ctr_loss
 from selfsup.methods.npid import BankLoss
 
@@ -92,6 +93,18 @@ CASES = {
                                                                         _g(40, seed=2).exp())),
     "pretext.cpc_info_nce": (pretext.cpc_info_nce, lambda: (_g(2, 2, 3, 32, seed=0), _g(2, 3, 3, 32, seed=1), 1)),
     "pretext.gan_losses": (pretext.gan_losses, lambda: (_g(8, 1, seed=0), _g(8, 1, seed=1), _g(8, 1, seed=2))),
+    # DCL / DCLW, SupCon, TiCo
+    "contrastive_variants.vmf_weights": (contrastive_variants.vmf_weights,
+                                         lambda: (_unit(8, 32, seed=0), _unit(8, 32, seed=1), 0.5)),
+    "contrastive_variants.dcl_loss": (contrastive_variants.dcl_loss, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1),
+                                                                              0.1)),
+    "contrastive_variants.dcl_loss[dclw]": (contrastive_variants.dcl_loss,
+                                            lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), 0.1, 0.5)),
+    "contrastive_variants.supcon_loss": (contrastive_variants.supcon_loss,
+                                         lambda: (_g(2, 8, 32, seed=0), torch.arange(8) % 3, 0.1)),
+    "covariance_contrast.tico_loss": (covariance_contrast.tico_loss,
+                                      lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), _g(32, 32, seed=2) * 0.05,
+                                               0.9, 8.0)),
     # the loss computations that live in method files
     "moco_v3.ctr_loss": (ctr_loss, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), 0.2)),
     "npid.BankLoss": (_bank, lambda: (_g(8, 32, seed=0), _unit(8, 6, 32, seed=1))),
