@@ -15,8 +15,17 @@ import torch
 import torch.nn.functional as F
 
 import selfsup.losses
-from selfsup.losses import clustering, contrastive, distillation, masked, metric, pretext, redundancy
-from selfsup.losses import contrastive_variants, covariance_contrast
+from selfsup.losses import (
+    clustering,
+    contrastive,
+    contrastive_variants,
+    covariance_contrast,
+    distillation,
+    masked,
+    metric,
+    pretext,
+    redundancy,
+)
 from selfsup.methods.moco_v3 import ctr_loss
 from selfsup.methods.npid import BankLoss
 

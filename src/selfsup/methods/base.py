@@ -97,11 +97,12 @@ class Method(nn.Module):
             raise ValueError(f"{name} expects at least {_views(self.min_views)} (global crops first), got {n}")
         if self.needs_index and batch.index is None:
             raise ValueError(f"{name} needs the images' dataset indices (ViewBatch.index) to address its memory bank")
-        if self.needs_labels and batch.labels is None:
-            raise ValueError(f"{name} uses class labels (ViewBatch.labels): pass the batch's labels")
-        if self.needs_labels and batch.labels.shape != batch.views[0].shape[:1]:
-            raise ValueError(f"{name} expects one label per image, got labels of shape {tuple(batch.labels.shape)} "
-                             f"for {batch.views[0].shape[0]} images")
+        if self.needs_labels:
+            if batch.labels is None:
+                raise ValueError(f"{name} uses class labels (ViewBatch.labels): pass the batch's labels")
+            if batch.labels.shape != batch.views[0].shape[:1]:
+                raise ValueError(f"{name} expects one label per image, got labels of shape "
+                                 f"{tuple(batch.labels.shape)} for {batch.views[0].shape[0]} images")
 
     def make_views(self, image_size: int, mean: Sequence[float], std: Sequence[float],
                    augment: AugmentConfig | None = None) -> MultiViewPipeline:
