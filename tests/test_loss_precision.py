@@ -15,7 +15,18 @@ import torch
 import torch.nn.functional as F
 
 import selfsup.losses
-from selfsup.losses import clustering, contrastive, distillation, masked, metric, pretext, redundancy, statistical
+from selfsup.losses import (
+    clustering,
+    contrastive,
+    contrastive_variants,
+    covariance_contrast,
+    distillation,
+    masked,
+    metric,
+    pretext,
+    redundancy,
+    statistical,
+)
 from selfsup.methods.moco_v3 import ctr_loss
 from selfsup.methods.npid import BankLoss
 
@@ -106,6 +117,18 @@ CASES = {
     "statistical.epps_pulley": (statistical.epps_pulley, lambda: (_g(32, 6, seed=0),)),
     "statistical.sigreg": (statistical.sigreg, lambda: (_g(3, 32, 8, seed=0), _unit(12, 8, seed=1).T.contiguous())),
     "statistical.lejepa_prediction": (statistical.lejepa_prediction, lambda: (_g(5, 8, 16, seed=0), 2)),
+    # DCL / DCLW, SupCon, TiCo
+    "contrastive_variants.vmf_weights": (contrastive_variants.vmf_weights,
+                                         lambda: (_unit(8, 32, seed=0), _unit(8, 32, seed=1), 0.5)),
+    "contrastive_variants.dcl_loss": (contrastive_variants.dcl_loss, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1),
+                                                                              0.1)),
+    "contrastive_variants.dcl_loss[dclw]": (contrastive_variants.dcl_loss,
+                                            lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), 0.1, 0.5)),
+    "contrastive_variants.supcon_loss": (contrastive_variants.supcon_loss,
+                                         lambda: (_g(2, 8, 32, seed=0), torch.arange(8) % 3, 0.1)),
+    "covariance_contrast.tico_loss": (covariance_contrast.tico_loss,
+                                      lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), _g(32, 32, seed=2) * 0.05,
+                                               0.9, 8.0)),
     # the loss computations that live in method files
     "moco_v3.ctr_loss": (ctr_loss, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), 0.2)),
     "npid.BankLoss": (_bank, lambda: (_g(8, 32, seed=0), _unit(8, 6, 32, seed=1))),

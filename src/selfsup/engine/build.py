@@ -75,6 +75,13 @@ def build_method_for(cfg: RunConfig, channels: int, image_size: int, num_train: 
     return build_method(cfg.method, backbone, num_train=num_train)
 
 
+def check_pretraining_data(cfg: RunConfig, data: ImageDataset) -> None:
+    """A method that declares ``needs_labels`` (a supervised reference) pretrains only on labelled data."""
+    if method_class(cfg).needs_labels and data.train.labels is None:
+        raise ConfigError(f"method.name: '{method_name(cfg)}' trains on class labels (a supervised reference) and "
+                          f"the training split of '{data.name}' has none; use a labelled dataset")
+
+
 def build_run(cfg: RunConfig, data: ImageDataset | None = None, device: torch.device | None = None, *,
               init: bool = False) -> Built:
     """Dataset, backbone, method and view pipeline from ``cfg``, the method on ``device``; ``init``: start the

@@ -26,7 +26,7 @@ from ..config import RunConfig
 from ..data import ImageDataset
 from . import distributed as D
 from .budget import Budget
-from .build import build_run, load_data, method_class, method_name, resolve_device
+from .build import build_run, check_pretraining_data, load_data, method_class, method_name, resolve_device
 from .callbacks import Callback, CollapseCallback, RunView
 from .checkpoint import fsync_path, load_method_state, save_checkpoint
 from .compile import SafeCompiled
@@ -138,6 +138,7 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     data = data or load_data(cfg)
     device = dist_device or resolve_device(cfg.train.device)
     cfg = resolve_config(cfg, method_class(cfg), data, device)
+    check_pretraining_data(cfg, data)
     t, o = cfg.train, cfg.optim
     found = find_resume_checkpoint(run_dir) if resume else None
     b = build_run(cfg, data, device, init=found is None)  # backbone.init: a fresh start only, never over a checkpoint
@@ -240,11 +241,11 @@ def _train(run: Run) -> TrainResult:
         while s.step < run.last_step() and stopped == "done":
             epoch = s.step // run.spe
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
-            for x, idx, _ in D.rank_batches(run.data.train, t.batch_size, dctx, generator=gen,
+            for x, idx, y in D.rank_batches(run.data.train, t.batch_size, dctx, generator=gen,
                                             start_batch=s.step % run.spe):
                 run.mid_step = True
                 ctx = StepContext(step=s.step, total_steps=s.total_steps, epoch=epoch, steps_per_epoch=run.spe)
-                out = train_step(run.stepper, s, x, idx, ctx, run.schedule(s.step))
+                out = train_step(run.stepper, s, x, idx, ctx, run.schedule(s.step), y)
                 s.step += 1
                 run.mid_step = False
                 run.window[1] += x.shape[0] * dctx.world
