@@ -16,7 +16,8 @@ Rules shared by every preset:
 
 The presets follow the authors' released augmentations: SimCLR (Chen et al. 2020, Appendix A), InstDisc / MoCo
 v1 (Wu et al. 2018; He et al. 2020), MoCo v2's aug+ (Chen et al. 2020), BYOL's asymmetric pair (Grill et al.
-2020, Table 6; also used by MoCo v3, Barlow Twins and VICReg) and multi-crop (Caron et al. 2020 / 2021).
+2020, Table 6; also used by MoCo v3, Barlow Twins and VICReg), multi-crop (Caron et al. 2020 / 2021) and ReSSL's
+strong/weak pair (Zheng et al. 2021: the EMA teacher sees a crop-and-flip view).
 """
 from __future__ import annotations
 
@@ -126,6 +127,7 @@ BYOL_1 = ViewSpec(size=_T, crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), 
 BYOL_2 = replace(BYOL_1, blur_p=0.1, solarize_p=0.2)
 LOCAL = replace(BYOL_1, crop_scale=(LOCAL_SCALE_MIN, 0.25), blur_p=0.5)
 CROP_FLIP = ViewSpec(size=_T, crop_scale=(0.35, 1.0), jitter_p=0.0, grayscale_p=0.0)
+WEAK = ViewSpec(size=_T, crop_scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0)  # ReSSL's teacher view
 IDENTITY = ViewSpec(size=_T, crop=False, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
 
 _BYOL = Preset((BYOL_1, BYOL_2), local=LOCAL)
@@ -141,6 +143,9 @@ PRESETS: dict[str, tuple[Preset, str]] = {
     "multicrop": (Preset((replace(BYOL_1, crop_scale=(0.25, 1.0)), replace(BYOL_2, crop_scale=(0.25, 1.0))),
                          local=LOCAL, local_crops=6),
                   "2 global crops (0.25-1) + 6 local crops of half size (0.05-0.25)"),
+    "fastsiam": (Preset((SIMCLR,), n_views=4), "FastSiam: the simclr preset's views, 4 per image"),
+    "ressl": (Preset((replace(SIMCLR, crop_scale=(0.2, 1.0)), WEAK)),
+              "ReSSL: view 1 MoCo v2's aug+ (the student's), view 2 weak: crop 0.2-1 and flip only (the teacher's)"),
     "crop-flip": (Preset((CROP_FLIP,), n_views=1), "random resized crop and flip only (pretext tasks, MAE)"),
     "none": (Preset((IDENTITY,), n_views=1, overridable=False), "no augmentation: the image itself, normalised"),
 }
