@@ -92,6 +92,14 @@ CASES = {
                                                                         _g(40, seed=2).exp())),
     "pretext.cpc_info_nce": (pretext.cpc_info_nce, lambda: (_g(2, 2, 3, 32, seed=0), _g(2, 3, 3, 32, seed=1), 1)),
     "pretext.gan_losses": (pretext.gan_losses, lambda: (_g(8, 1, seed=0), _g(8, 1, seed=1), _g(8, 1, seed=2))),
+    # NNCLR, FastSiam, ReSSL
+    "contrastive.nnclr_loss": (contrastive.nnclr_loss, lambda: (_unit(8, 32, seed=0), _unit(8, 32, seed=1),
+                                                                _g(8, 32, seed=2), _g(8, 32, seed=3), 0.1)),
+    "distillation.mean_target_negative_cosine": (distillation.mean_target_negative_cosine,
+                                                 lambda: (_g(4, 8, 32, seed=0), _g(4, 8, 32, seed=1))),
+    "distillation.relational_loss": (distillation.relational_loss,
+                                     lambda: (_unit(8, 32, seed=0), _unit(8, 32, seed=1), _unit(24, 32, seed=2),
+                                              0.1, 0.04, _mask(24, seed=3) & (torch.arange(24) > 0))),
     # the loss computations that live in method files
     "moco_v3.ctr_loss": (ctr_loss, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), 0.2)),
     "npid.BankLoss": (_bank, lambda: (_g(8, 32, seed=0), _unit(8, 6, 32, seed=1))),

@@ -96,9 +96,9 @@ def mean_target_negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tenso
         raise ValueError(f"mean_target_negative_cosine expects (V, B, D) predictions and targets with V >= 2, got "
                          f"{tuple(p.shape)} and {tuple(z.shape)}")
     v = p.shape[0]
-    z = z.detach().float()
+    z = z.detach()
     targets = (z.sum(dim=0, keepdim=True) - z) / (v - 1)  # (V, B, D): row i is the mean over j ≠ i
-    cos = F.cosine_similarity(p.float(), targets, dim=-1)  # (V, B)
+    cos = F.cosine_similarity(p, targets, dim=-1)  # (V, B); fp32_loss computes in float32 (float64 stays)
     return -cos.mean()
 
 
@@ -118,9 +118,9 @@ def relational_loss(student: torch.Tensor, teacher: torch.Tensor, keys: torch.Te
     if not teacher_temp > 0:
         raise ConfigError(f"method.teacher_temp must be > 0, got {teacher_temp}")
     _check_pair(student, teacher, "relational_loss")
-    keys = keys.detach().float()
-    s_logits = student.float() @ keys.T / student_temp
-    t_logits = teacher.detach().float() @ keys.T / teacher_temp
+    keys = keys.detach()
+    s_logits = student @ keys.T / student_temp  # fp32_loss computes in float32 (float64 stays float64)
+    t_logits = teacher.detach() @ keys.T / teacher_temp
     if mask is not None:
         mask = mask.expand_as(s_logits)
         s_logits, t_logits = s_logits.masked_fill(mask, float("-inf")), t_logits.masked_fill(mask, float("-inf"))

@@ -11,8 +11,9 @@ What prevents collapse: the sharpened teacher relation (a collapsed student has 
 peaked target), the EMA teacher and the stop-gradient. The loss is one-directional, as in the authors' code
 (student on the strong view, teacher on the weak view).
 
-The authors' queue starts as random unit vectors; here those rows are used only while nothing has been written
-(the first step), then the relations cover the written rows only, as MoCo's queue does in this project. Under
+The authors' queue starts as random unit vectors, relations to which are noise until the queue has been
+refilled; here the relations cover the written rows only, and at the very first step, when none is written, the
+current batch's teacher embeddings (as MoCo's first step does in this project). Under
 torchrun the teacher embeddings of every rank enter the queue (identical on every rank); the loss is a per-image
 mean, so the engine's gradient average gives the global batch's. No BN shuffle: student and teacher never see the
 same images in one BN batch as a positive pair (each is compared with the queue only).
@@ -79,16 +80,24 @@ class ReSSL(Method):
             raise ConfigError(f"method.queue_size ({self.cfg.queue_size}) must be at least the global batch size "
                               f"({rows}): every step adds the batch's teacher embeddings to the queue")
 
+    def _keys(self, batch_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys [queue rows | the batch's teacher embeddings] and the (K + N,) mask of those left out: the rows
+        not yet written, and the batch's own embeddings unless the queue is still empty (the first step)."""
+        queue = self.queue
+        empty = queue.filled == 0
+        unwritten = torch.arange(queue.size, device=batch_keys.device) >= queue.filled
+        batch = ~empty.expand(batch_keys.shape[0])
+        return torch.cat([queue.rows, batch_keys.to(queue.rows.dtype)]), torch.cat([unwritten, batch])
+
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         strong, weak = batch.views
         h = self.backbone(strong)
         s = F.normalize(self.projector(h), dim=1)
         t = F.normalize(self.teacher(weak), dim=1)  # no_grad inside the teacher
-        queue = self.queue
-        # rows not yet written are left out, except while none is (the first step: the random initial rows)
-        mask = (torch.arange(queue.size, device=s.device) >= queue.filled) & (queue.filled > 0)
-        loss = relational_loss(s, t, queue.rows, self.cfg.temperature, self.cfg.teacher_temp, mask=mask)
-        queue.stage(gather_no_grad(t))  # enqueued after the step: the batch is not part of its own relation
+        every = gather_no_grad(t)  # (N, D): the teacher embeddings of every rank
+        keys, mask = self._keys(every)
+        loss = relational_loss(s, t, keys, self.cfg.temperature, self.cfg.teacher_temp, mask=mask)
+        self.queue.stage(every)  # enqueued after the step
         logs = {"ema_momentum": self.teacher.last_momentum.detach().clone(),
                 "pos_cos": (s.detach().float() * t.float()).sum(dim=1).mean()}
         return MethodOutput(loss=loss, logs=logs, embedding=h.detach())
