@@ -42,8 +42,8 @@ from .moco import momentum_schedule
 class ReSSLConfig(MethodConfig):
     temperature: float = checked(0.1, gt=0)  # τ_s, the student's
     teacher_temp: float = checked(0.04, gt=0)  # τ_t < τ_s: the sharpened teacher relation
-    queue_size: int = checked(4096, ge=1, cap=QUEUE_CAP)  # the paper's CIFAR size; 131,072 for ImageNet
-    momentum: float = checked(0.99, ge=0, le=1)  # teacher EMA (the paper's CIFAR value; 0.999 for ImageNet)
+    queue_size: int = checked(4096, ge=1, cap=QUEUE_CAP)  # 16 batches of 256; the authors' ImageNet code: 131,072
+    momentum: float = checked(0.99, ge=0, le=1)  # teacher EMA (the authors' ImageNet code: 0.999)
     momentum_end: float | None = checked(None, ge=0, le=1)  # None: constant; else a cosine to this (solo-learn: 1)
     proj_hidden_dim: int = dim(512)
     proj_dim: int = dim(128)
