@@ -13,6 +13,7 @@ FastSiam (methods/fastsiam.py) is this class with more views and the mean of the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -44,7 +45,7 @@ class SimSiam(Method):
     Config = SimSiamConfig
     cfg: SimSiamConfig
     default_augment = "simclr"
-    n_views = 2
+    n_views: ClassVar[int | None] = 2  # FastSiam (a subclass) takes any number >= 3
     needs_sync_bn = True  # BN statistics over the global batch, as in the paper's multi-GPU runs
     default_optimizer = "sgd"
     base_lr = 0.05
