@@ -129,6 +129,14 @@ CASES = {
     "covariance_contrast.tico_loss": (covariance_contrast.tico_loss,
                                       lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), _g(32, 32, seed=2) * 0.05,
                                                0.9, 8.0)),
+    # NNCLR, FastSiam, ReSSL
+    "contrastive.nnclr_loss": (contrastive.nnclr_loss, lambda: (_unit(8, 32, seed=0), _unit(8, 32, seed=1),
+                                                                _g(8, 32, seed=2), _g(8, 32, seed=3), 0.1)),
+    "distillation.mean_target_negative_cosine": (distillation.mean_target_negative_cosine,
+                                                 lambda: (_g(4, 8, 32, seed=0), _g(4, 8, 32, seed=1))),
+    "distillation.relational_loss": (distillation.relational_loss,
+                                     lambda: (_unit(8, 32, seed=0), _unit(8, 32, seed=1), _unit(24, 32, seed=2),
+                                              0.1, 0.04, _mask(24, seed=3) & (torch.arange(24) > 0))),
     # the loss computations that live in method files
     "moco_v3.ctr_loss": (ctr_loss, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), 0.2)),
     "npid.BankLoss": (_bank, lambda: (_g(8, 32, seed=0), _unit(8, 6, 32, seed=1))),
