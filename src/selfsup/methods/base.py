@@ -29,11 +29,13 @@ from ..errors import ConfigError
 @dataclass
 class ViewBatch:
     """Views of one batch: ``views[i]`` is (B, C, H_i, W_i) float; ``index`` (B,) the images' dataset indices;
+    ``labels`` (B,) int64 class labels, set by the engine for a method that declares ``needs_labels``;
     ``boxes[i]`` (B, 5) view i's crop box (:class:`~selfsup.augment.pipeline.Views`), taken from ``views`` when
     the pipeline recorded them and none are given."""
 
     views: list[torch.Tensor]
     index: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
     boxes: list[torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
@@ -59,10 +61,12 @@ class Method(nn.Module):
     The contract a subclass declares instead of checking by hand:
 
     - ``n_views``: the number of views a batch must hold (None: any number, at least ``min_views``);
-      ``needs_index``: the batch must carry the images' dataset indices (memory banks). :meth:`check_batch`
+      ``needs_index``: the batch must carry the images' dataset indices (memory banks);
       ``needs_boxes``: the batch must carry every view's crop box (``ViewBatch.boxes``; :meth:`make_views` then
-      builds a pipeline that records them). :meth:`check_batch` enforces these before every ``forward`` (a forward pre-hook, so the engine, a user's loop and the tests all
-      go through it).
+      builds a pipeline that records them). :meth:`check_batch` enforces these before every ``forward`` (a forward
+      pre-hook, so the engine, a user's loop and the tests all go through it). ``needs_labels``: the batch must
+      carry class labels (``ViewBatch.labels``; supervised references such as SupCon); the engine passes the
+      dataset's labels then and refuses unlabelled data.
     - shared parts (:class:`~selfsup.components.base.SharedPart`: EMA teachers, queues, memory banks, centers,
       priors) only *stage* in ``forward``; their state changes in ``after_step``, which the engine (or
       :func:`~selfsup.components.base.update_parts`) calls after the optimizer step.
@@ -79,6 +83,7 @@ class Method(nn.Module):
     n_views: ClassVar[int | None] = None  # exactly this many views per batch; None: any number >= min_views
     min_views: ClassVar[int] = 1
     needs_index: ClassVar[bool] = False  # ViewBatch.index must be set (the dataset indices address a memory bank)
+    needs_labels: ClassVar[bool] = False  # ViewBatch.labels must be set (a supervised reference: it uses labels)
     needs_boxes: ClassVar[bool] = False  # ViewBatch.boxes must be set (methods that match locations across views)
 
     def __init__(self, backbone: Backbone, cfg: Any = None, *, num_train: int = 0) -> None:
@@ -91,8 +96,8 @@ class Method(nn.Module):
     def check_batch(self, batch: ViewBatch) -> None:
         """Raise ``ValueError`` for a batch this method cannot take; runs before every ``forward``.
 
-        The default checks the declared ``n_views`` / ``min_views`` and ``needs_index``; subclasses extend it
-        (calling ``super().check_batch(batch)``) with checks of their own, e.g. the batch size a queue needs.
+        The default checks the declared ``n_views`` / ``min_views``, ``needs_index``, ``needs_labels`` and
+        ``needs_boxes``; subclasses extend it (calling ``super().check_batch(batch)``) with checks of their own, e.g. the batch size a queue needs.
         """
         n, name = len(batch.views), self.method_name()
         if self.n_views is not None and n != self.n_views:
@@ -102,6 +107,12 @@ class Method(nn.Module):
             raise ValueError(f"{name} expects at least {_views(self.min_views)} (global crops first), got {n}")
         if self.needs_index and batch.index is None:
             raise ValueError(f"{name} needs the images' dataset indices (ViewBatch.index) to address its memory bank")
+        if self.needs_labels:
+            if batch.labels is None:
+                raise ValueError(f"{name} uses class labels (ViewBatch.labels): pass the batch's labels")
+            if batch.labels.shape != batch.views[0].shape[:1]:
+                raise ValueError(f"{name} expects one label per image, got labels of shape "
+                                 f"{tuple(batch.labels.shape)} for {batch.views[0].shape[0]} images")
         if self.needs_boxes and (batch.boxes is None or len(batch.boxes) != n):
             raise ValueError(f"{name} needs every view's crop box (ViewBatch.boxes): build the views with "
                              "method.make_views(...), which records them")
