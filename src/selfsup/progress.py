@@ -2,8 +2,8 @@
 
 :func:`phase` prints ``selfsup: <what is happening>`` on stdout (stderr stays one line for a user error).
 :func:`bar` is a tqdm bar on stderr when stderr is a terminal and tqdm is installed; otherwise (a log file, a
-pipe, no tqdm) a plain line on stdout at most every ``PLAIN_EVERY_S`` seconds and at the end, with the same
-count, elapsed time and ETA. ``quiet=True`` (or ``SELFSUP_QUIET=1``) silences both; under ``torchrun`` only
+pipe, no tqdm) a plain line on stdout every ``PLAIN_EVERY_S`` seconds and a last one at the end, with the
+same count, elapsed time and ETA (work shorter than ``PLAIN_EVERY_S`` prints nothing). ``quiet=True`` (or ``SELFSUP_QUIET=1``) silences both; under ``torchrun`` only
 rank 0 speaks.
 """
 from __future__ import annotations
@@ -71,7 +71,8 @@ class PlainBar:
         self.postfix = s
 
     def close(self) -> None:
-        self._emit()
+        if self._printed_at >= 0:  # short work stays silent; long work ends with its final count
+            self._emit()
 
 
 def _tqdm():

@@ -61,13 +61,15 @@ class Budget:
 
 
 def estimate_message(limit_min: float, total_steps: int, steps_per_epoch: int, images_per_s: float,
-                     warmup_steps: int) -> tuple[str, str | None]:
+                     warmup_steps: int, capped: bool = False) -> tuple[str, str | None]:
     """The line printed once the run is sized (``~N steps, ~M epochs fit the budget``) and, when the budget is
-    too short for warm-up and :data:`USEFUL_STEPS` steps, the warning to give."""
+    too short for warm-up and :data:`USEFUL_STEPS` steps, the warning to give. ``capped``: the configured
+    epochs end before the budget does (the run keeps its length; nothing to warn about)."""
     epochs = total_steps / max(1, steps_per_epoch)
-    line = (f"time limit {limit_min:g} min at {images_per_s:.0f} images/s: ~{total_steps} steps, ~{epochs:.2g} epochs "
-            f"fit the budget (warm-up {warmup_steps} steps, then cosine to the end)")
-    if total_steps >= USEFUL_STEPS:
+    fit = "the configured run fits the budget: " if capped else ""
+    line = (f"time limit {limit_min:g} min at {images_per_s:.0f} images/s: {fit}~{total_steps} steps, ~{epochs:.2g} "
+            f"epochs fit the budget (warm-up {warmup_steps} steps, then cosine to the end)")
+    if capped or total_steps >= USEFUL_STEPS:
         return line, None
     return line, (f"the {limit_min:g}-minute budget fits only ~{total_steps} steps at {images_per_s:.0f} images/s: "
                   f"too short for warm-up and a useful run (>= {USEFUL_STEPS} steps); raise --time-limit-min or "

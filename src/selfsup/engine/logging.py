@@ -86,10 +86,14 @@ class MetricsLogger:
 
     def tick(self, step: int) -> None:
         """After every step: the terminal's bar moves (elapsed time and ETA); nothing is printed otherwise."""
+        if self._t0 is None:
+            self._t0 = time.perf_counter() - 1e-9  # (the first step's own time is not measured)
+            first = True
+        else:
+            first = False
         if self.quiet or not self.tty:
             return
-        if self.bar is None and self._t0 is None:
-            self._t0 = time.perf_counter()
+        if self.bar is None and first:
             self.bar = progress_bar(self.total_steps, "pretraining", unit="step", tty=True)
             if isinstance(self.bar, PlainBar):  # tqdm missing: the old carriage-return line instead
                 self.bar = None

@@ -318,7 +318,8 @@ def _set_total_steps(run: Run, total: int, budget: Budget | None = None) -> None
         return
     run.estimated = True
     line, warning = estimate_message(run.cfg.train.time_limit_min, total, run.spe,
-                                     budget.rate * run.cfg.train.batch_size, run.schedule.warmup_steps)
+                                     budget.rate * run.cfg.train.batch_size, run.schedule.warmup_steps,
+                                     capped=total == budget.cap)
     run.logger.note(line)
     if warning:
         warnings.warn(warning, stacklevel=2)

@@ -1,0 +1,119 @@
+"""A new user's photo folder: train/ + val/ read as two splits, eval against labelled folders, CPU-sized
+defaults, the time-limit estimate, phase lines and progress, and the wall-clock of every launch."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_blobs
+from PIL import Image
+
+from selfsup.cli.main import main
+from selfsup.data import load_dataset
+
+TINY = ["--backbone", "convnet", "--width", "0.25", "--batch-size", "8", "--device", "cpu"]
+
+
+def write_folder(root: Path, n: int = 24, labelled: bool = True, seed: int = 0) -> Path:
+    """``n`` 16-px blob PNGs: ``root/<class>/i.png`` (labelled) or ``root/i.png``."""
+    ds = make_blobs(n=n, size=16, seed=seed)
+    for i in range(n):
+        y = int(ds.train.labels[i])
+        d = root / f"class{y}" if labelled else root
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ds.train.images[i].permute(1, 2, 0).numpy()).save(d / f"{i:03d}.png")
+    return root
+
+
+def test_a_folder_of_train_and_val_is_two_splits_not_two_classes(tmp_path, capsys):
+    root = tmp_path / "photos"
+    write_folder(root / "train", 24)
+    write_folder(root / "val", 12, seed=1)
+    ds = load_dataset(str(root), 16)
+    assert ds.classes == ["class0", "class1", "class2", "class3"]  # not ["train", "val"]
+    assert ds.train.num_images == 24 and ds.test is not None and ds.test.num_images == 12
+    assert ds.name == "photos"
+    out = capsys.readouterr().out
+    assert "train/ and val/" in out and "pretraining uses train/ only" in out
+
+
+def test_train_and_test_subfolders_with_an_unlabelled_train_split(tmp_path):
+    root = tmp_path / "p"
+    write_folder(root / "train", 16, labelled=False)
+    write_folder(root / "test", 8)
+    ds = load_dataset(str(root), 16)
+    assert ds.train.labels is None and ds.test is not None and ds.test.num_images == 8
+
+
+def test_other_subfolders_are_still_classes(tmp_path):
+    root = tmp_path / "p"
+    for name in ("train", "val", "cats"):
+        write_folder(root / name, 4, labelled=False)
+    ds = load_dataset(str(root), 16)
+    assert ds.classes == ["cats", "train", "val"] and ds.test is None
+
+
+def test_eval_an_unlabelled_run_against_labelled_train_and_test_folders(tmp_path, capsys):
+    photos = write_folder(tmp_path / "photos", 24, labelled=False)
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(photos), "--image-size", "16", *TINY, "--max-steps", "2",
+                 "--out", str(run), "--quiet"]) == 0
+    train, test = write_folder(tmp_path / "lab-train", 24), write_folder(tmp_path / "lab-val", 12, seed=1)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--eval-train", str(train), "--eval-test", str(test), "--protocol", "knn",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "selfsup: evaluating" in out and "knn" in out
+    res = json.loads((run / "eval.json").read_text())
+    assert res["protocol"]["test_images"] == 12 and res["protocol"]["train_images"] == 24
+    assert res["protocol"]["eval_test"] == str(test) and "top1" in res["knn"]
+    assert main(["eval", str(run), "--eval-test", str(test)]) == 2
+    err = capsys.readouterr().err
+    assert "--eval-test" in err and "needs --eval-train" in err
+
+
+def test_pretrain_on_a_cpu_without_sizes_takes_the_cpu_preset_and_says_so(tmp_path, capsys):
+    from selfsup.cli.config_args import config_from_args
+    from selfsup.cli.main import build_parser
+
+    photos = write_folder(tmp_path / "photos", 8, labelled=False)
+    args = build_parser().parse_args(["pretrain", "--data", str(photos), "--device", "cpu", "--out", "x"])
+    cfg = config_from_args(args, cpu_defaults=True)
+    assert (cfg.backbone.width, cfg.backbone.cifar_stem, cfg.data.image_size, cfg.train.batch_size) == \
+        (0.25, True, 32, 128)
+    assert "cpu-folder" in capsys.readouterr().out
+    args = build_parser().parse_args(["pretrain", "--data", str(photos), "--device", "cpu", "--width", "0.5",
+                                      "--out", "x"])
+    cfg = config_from_args(args, cpu_defaults=True)  # a size given: nothing else is chosen
+    assert cfg.backbone.width == 0.5 and cfg.train.batch_size == 256 and "cpu-folder" not in capsys.readouterr().out
+    npz_args = build_parser().parse_args(["pretrain", "--data", "mnist5k", "--device", "cpu", "--out", "x"])
+    assert config_from_args(npz_args, cpu_defaults=True).data.image_size is None  # a dataset keeps its size
+    cfg = config_from_args(build_parser().parse_args(["pretrain", "--config", "cpu-folder", "--out", "x"]))
+    assert cfg.backbone.width == 0.25 and cfg.data.image_size == 32  # the preset the README points to
+
+
+def test_a_time_limited_run_prints_phases_legend_and_estimate_and_sums_wall_clock(tmp_path, capsys):
+    data = tmp_path / "blobs.npz"
+    ds = make_blobs(n=32, size=16)
+    np.savez(data, x_train=ds.train.images.permute(0, 2, 3, 1).numpy(), y_train=ds.train.labels.numpy())
+    run = tmp_path / "run"
+    argv = ["pretrain", "--data", str(data), *TINY, "--epochs", "3", "--time-limit-min", "10", "--out", str(run),
+            "--set", "train.log_every=2", "--checkpoint-every", "4"]
+    assert main(argv) == 0  # the configured 3 epochs of 4 steps fit in 10 minutes: nothing to warn about
+    cap = capsys.readouterr()
+    assert "selfsup: loading data" in cap.out and "selfsup: building simclr" in cap.out
+    assert "selfsup: training from step 0" in cap.out
+    assert "the configured run fits the budget: ~12 steps" in cap.err and "too short" not in cap.err
+    assert cap.err.count("columns: loss") == 1 and "rankme: effective rank" in cap.err
+    first = json.loads((run / "run.json").read_text())
+    assert first["launches"] == 1 and first["wall_s_total"] == first["wall_s"]
+    ckpt = sorted((run / "checkpoints").glob("step-*.pt"))[0]
+    (run / "run.json").unlink()  # continue from the step-4 checkpoint as a requeued job would
+    for c in sorted((run / "checkpoints").glob("step-*.pt"))[1:]:
+        c.unlink()
+    assert ckpt.name.startswith("step-")
+    assert main([*argv, "--resume"]) == 0
+    second = json.loads((run / "run.json").read_text())
+    assert second["launches"] == 2 and second["wall_s_total"] > second["wall_s"]
