@@ -117,3 +117,37 @@ def test_a_time_limited_run_prints_phases_legend_and_estimate_and_sums_wall_cloc
     assert main([*argv, "--resume"]) == 0
     second = json.loads((run / "run.json").read_text())
     assert second["launches"] == 2 and second["wall_s_total"] > second["wall_s"]
+
+
+# ------------------------------------------------------------------------------------------------ the report
+def test_a_one_point_lr_curve_has_a_visible_marker():
+    from selfsup.viz.plots import plot_curves, pyplot
+
+    fig = plot_curves([{"step": 1, "loss": 2.0, "lr": 0.1}])
+    lr_line = fig.axes[1].get_lines()[0]
+    assert lr_line.get_marker() not in (None, "None", "", " ")  # a line of one point draws nothing
+    pyplot().close(fig)
+
+
+def test_monitor_plots_draw_the_collapse_thresholds():
+    from selfsup.engine.monitors import CollapseThresholds
+    from selfsup.viz.plots import plot_monitors, pyplot
+
+    recs = [{"step": s, "emb_std_ratio": 0.5, "rankme": 9.0} for s in (10, 20)]
+    fig = plot_monitors(recs)
+    t = CollapseThresholds()
+    levels = [{float(ln.get_ydata()[0]) for ln in ax.get_lines()[1:]} for ax in fig.axes]
+    assert levels == [{t.std_ratio_min}, {t.rankme_min}]
+    pyplot().close(fig)
+
+
+def test_the_augmentation_preview_spans_the_classes():
+    import torch
+
+    from selfsup.viz.sections import preview_indices
+
+    labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)  # a folder's order: one class after the other
+    idx = preview_indices(labels, 8, 30)
+    assert len(idx) == 8 and {int(labels[i]) for i in idx} == {0, 1, 2} and len(set(idx)) == 8
+    assert preview_indices(None, 4, 40) == [0, 10, 20, 30] and preview_indices(labels, 50, 30) == \
+        sorted(preview_indices(labels, 50, 30), key=lambda i: (i % 10, i // 10))
