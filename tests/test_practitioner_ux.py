@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest import make_blobs
 from PIL import Image
 

@@ -115,16 +115,17 @@ def cpu_sized(raw: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
 
     if any(_given(raw, s, k) for s, k in SIZE_KEYS):
         return raw, None
-    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    train: dict[str, Any] = raw["train"] if isinstance(raw.get("train"), dict) else {}
     try:
         if resolve_device(str(train.get("device") or "auto")).type != "cpu":
             return raw, None
     except Exception:  # a bad device string: the config door names it
         return raw, None
     preset = load_config_arg(CPU_PRESET)
-    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    data: dict[str, Any] = raw["data"] if isinstance(raw.get("data"), dict) else {}
+    backbone: dict[str, Any] = raw["backbone"] if isinstance(raw.get("backbone"), dict) else {}
     folder = Path(str(data.get("path") or "")).is_dir()
-    out = {**raw, "backbone": {**(raw.get("backbone") or {}), **preset["backbone"]},
+    out = {**raw, "backbone": {**backbone, **preset["backbone"]},
            "train": {**train, "batch_size": preset["train"]["batch_size"]}}
     if folder:
         out["data"] = {**data, "image_size": preset["data"]["image_size"]}
