@@ -150,3 +150,42 @@ def test_the_augmentation_preview_spans_the_classes():
     assert len(idx) == 8 and {int(labels[i]) for i in idx} == {0, 1, 2} and len(set(idx)) == 8
     assert preview_indices(None, 4, 40) == [0, 10, 20, 30] and preview_indices(labels, 50, 30) == \
         sorted(preview_indices(labels, 50, 30), key=lambda i: (i % 10, i // 10))
+
+
+# ------------------------------------------------------------------------------------------------ progress
+def test_progress_is_a_tqdm_bar_on_a_terminal_and_plain_lines_with_eta_elsewhere(monkeypatch, capsys):
+    import tqdm
+
+    import selfsup.progress as P
+
+    b = P.bar(10, "features", tty=True)
+    assert isinstance(b, tqdm.tqdm)
+    b.close()
+    monkeypatch.setattr(P, "PLAIN_EVERY_S", 0.0)
+    b = P.bar(4, "features", unit="batch", tty=False)
+    b.update(2)
+    b.close()
+    out = capsys.readouterr().out
+    assert "features: 2/4 batch ( 50%)" in out and "elapsed 0:00 ETA 0:00" in out
+    monkeypatch.setattr(P, "PLAIN_EVERY_S", 1e9)
+    assert list(P.track(range(3), 3, "quick")) == [0, 1, 2] and capsys.readouterr().out == ""  # short: silent
+    P.phase("loading data x")
+    assert capsys.readouterr().out == "selfsup: loading data x\n"
+    monkeypatch.setenv("SELFSUP_QUIET", "1")
+    P.phase("loading data x")
+    assert capsys.readouterr().out == ""
+
+
+def test_the_training_bar_follows_the_steps_and_a_resized_run(tmp_path, monkeypatch):
+    from selfsup.engine.logging import MetricsLogger
+
+    log = MetricsLogger(tmp_path, total_steps=100, tensorboard=False)
+    log.tty = True  # as on a terminal
+    for step in range(1, 4):
+        log.tick(step)
+    assert log.bar is not None and log.bar.n == 3 and log.bar.total == 100
+    log.set_total(12)
+    assert log.bar.total == 12
+    log.progress({"step": 3, "epoch": 0.1, "loss": 1.0, "lr": 0.1, "images_per_s": 10.0, "rankme": 3.0})
+    assert "rankme 3" in str(log.bar.postfix)
+    log.close()

@@ -170,7 +170,8 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     stepper = Stepper(method, forward, optimizer, views if views is not None else b.views, device, dctx, micro,
                       accum=t.grad_accum_steps, bf16=t.precision == "bf16", channels_last=bool(t.channels_last),
                       grad_clip=t.grad_clip, skip_non_finite=t.nan_policy == "skip")
-    logger = MetricsLogger(run_dir, total_steps=state.total_steps, quiet=quiet) if dctx.is_main else D.NullLogger()
+    end = min(state.total_steps, t.max_steps) if t.max_steps is not None else state.total_steps  # the bar's end
+    logger = MetricsLogger(run_dir, total_steps=end, quiet=quiet) if dctx.is_main else D.NullLogger()
     return Run(cfg, run_dir, data, stepper, state, spe, _schedule(cfg, spe, state.total_steps), logger, callbacks,
                quiet, name=method_name(cfg), start_step=state.step, finished=finished,
                skipped_before=state.skipped, wall_before=state.wall_before)
@@ -313,7 +314,7 @@ def _set_total_steps(run: Run, total: int, budget: Budget | None = None) -> None
     follow; the first sizing prints the estimate, and warns when the budget is too short to learn anything."""
     run.state.total_steps = total
     run.schedule = _schedule(run.cfg, run.spe, total)
-    run.logger.set_total(total)
+    run.logger.set_total(run.last_step())
     if budget is None or run.estimated or run.cfg.train.time_limit_min is None or not run.dctx.is_main:
         return
     run.estimated = True
