@@ -164,8 +164,8 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     if dctx.is_main and state.step == 0:  # a resumed run keeps its config.yaml (resumes.jsonl: what changed)
         write_config(run_dir, cfg.to_dict())
     forward: Any = method
-    if t.compile:
-        phase("compiling the method (torch.compile: the first steps are slow)", quiet)  # falls back to eager, with one logged line, if compiling fails (also at the first call)
+    if t.compile:  # falls back to eager, with one logged line, if compiling fails (also at the first call)
+        phase("compiling the method (torch.compile: the first steps are slow)", quiet)
         forward = SafeCompiled(method, log=lambda m: D.note(dctx, m))
     stepper = Stepper(method, forward, optimizer, views if views is not None else b.views, device, dctx, micro,
                       accum=t.grad_accum_steps, bf16=t.precision == "bf16", channels_last=bool(t.channels_last),
