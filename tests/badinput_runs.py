@@ -289,6 +289,12 @@ def eval_cases() -> list[Case]:
         for cmd in (("eval", f"{{tmp}}/runs/{name}", "--no-baseline"),
                     ("export", f"{{tmp}}/runs/{name}", "--out", "{out}/b.pt", "--format", "pt")):
             cases.append(Case(f"{cmd[0]} run dir {name}", cmd, (needle,)))
+    cases += [Case("eval --eval-test without --eval-train", (*EVAL, "--protocol", "knn", "--eval-test", "{npz}"),
+                   ("--eval-test",)),
+              Case("eval --eval-train missing", (*EVAL, "--protocol", "knn", "--eval-train", "{tmp}/no-such-train"),
+                   ("no-such-train",)),
+              Case("eval --eval-test missing", (*EVAL, "--protocol", "knn", "--eval-train", "{npz}", "--eval-test",
+                                                "{tmp}/no-such-test"), ("no-such-test",))]
     cases.append(Case("eval eval.json is a directory", ("eval", "{run}", "--no-baseline", "--protocol", "knn"),
                       ("eval.json",), run="evaljson-dir"))
     return cases

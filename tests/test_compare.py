@@ -42,14 +42,25 @@ def test_compare_tolerates_missing_protocols_and_files(tmp_path):
     (tmp_path / "notes.txt").write_text("not a run")
     md, table = compare_runs([*runs, tmp_path / "notes.txt"], out=tmp_path / "out" / "cmp")
     lines = md.splitlines()
-    assert lines[0].startswith("| run | method | backbone | epochs | wall-clock (min) | images/s | knn | linear |")
-    assert "| a | simclr | resnet18 w0.25 | 10 | 10.0 | 300.0 | 81.0 ± 1.4 (30.0) | 85.0 (35.0) |" in md
-    assert "| b | byol | resnet18 w0.25 | 10 | 10.0 | 300.0 | 70.0 | - |" in md
+    assert lines[0].startswith("| run | method | backbone | data | epochs | wall-clock (min) | images/s | knn | linear |")
+    assert "| a | simclr | resnet18 w0.25 | - | 10 | 10.0 | 300.0 | 81.0 ± 1.4 (30.0) | 85.0 (35.0) |" in md
+    assert "| b | byol | resnet18 w0.25 | - | 10 | 10.0 | 300.0 | 70.0 | - |" in md
     assert "- c: no eval.json" in md and "- d: no run.json, unreadable eval.json" in md
     rows = list(csv.DictReader(io.StringIO(table)))
     assert [r["run"] for r in rows] == ["a", "b", "c", "d"]
     assert float(rows[0]["knn_std"]) > 0 and rows[0]["knn_seeds"] == "2" and rows[1]["linear_top1"] == ""
     assert (tmp_path / "out" / "cmp.md").read_text() == md and (tmp_path / "out" / "cmp.csv").read_text() == table
+
+
+def test_compare_has_a_data_column_and_sums_the_wall_clock_of_resumes(tmp_path):
+    info = {"method": "simclr", "backbone": "convnet", "data": "/photos/holiday/", "epochs": 2, "wall_s": 60,
+            "wall_s_total": 300, "images_per_s": 10.0}
+    npz = _run(tmp_path, "n", {**info, "data": "../shared/data/cifar10.npz", "wall_s_total": None, "wall_s": 120})
+    md, table = compare_runs([_run(tmp_path, "f", info), npz], out=None)
+    assert "| f | simclr | convnet | holiday | 2 | 5.0 | 10.0 |" in md  # 300 s over every launch, not the last 60
+    assert "| n | simclr | convnet | cifar10.npz | 2 |" in md
+    rows = list(csv.DictReader(io.StringIO(table)))
+    assert rows[0]["data"] == "holiday" and rows[0]["wall_min"] == "5.0"
 
 
 def test_compare_cli(tmp_path, capsys):

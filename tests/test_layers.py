@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "selfsup"
 # Lowest first. A package may import packages of its own rank or lower. The registry is rank 0 although it
 # imports the built-in packages: it does so lazily, to run their decorators, and nothing in it depends on them.
 RANK = {
-    "errors": 0, "registry": 0,
+    "errors": 0, "registry": 0, "progress": 0,
     "checkpoints": 1, "losses": 1, "backbones": 1, "data": 1,
     "augment": 2, "components": 2, "heads": 2,
     "config": 3, "config_checks": 3, "configs": 3,

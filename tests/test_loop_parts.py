@@ -48,7 +48,31 @@ def test_budget_without_a_limit_never_ends_or_resizes_the_run():
     assert not b.time_up() and all(b.resize(s, 100) is None for s in range(1, 40)) and b.elapsed() >= 0
 
 
-def test_budget_sizes_the_run_once_after_the_measured_steps():
+def test_budget_sizes_the_run_early_and_again_after_the_measured_steps():
     b = Budget(1e6, start_step=3, dctx=ONE)  # a budget far beyond the run: the schedule keeps its length
-    assert all(b.resize(s, 100) is None for s in range(4, 28))  # steps 1..24 of this launch
-    assert b.resize(28, 100) == 100 and b.resize(29, 100) is None and not b.time_up()
+    assert [s for s in range(4, 40) if b.resize(s, 100) is not None] == [6, 28]  # steps 3 and 25 of this launch
+    b = Budget(1e6, start_step=0, dctx=ONE)
+    assert [b.resize(s, 100) for s in (1, 2, 3)] == [None, None, 100] and not b.time_up()
+
+
+def test_a_short_budget_at_a_slow_speed_gets_a_schedule_it_finishes(monkeypatch):
+    """4 minutes at 25.6 s a step (10 images/s, batch 256): sized after 3 steps to the ~10 steps that fit, with a
+    warm-up that ends well inside them, and a warning that this is too short to learn anything."""
+    import selfsup.engine.budget as B
+
+    now = [0.0]
+    monkeypatch.setattr(B.time, "perf_counter", lambda: now[0])
+    b = Budget(4.0, start_step=0, dctx=ONE)
+    total, sized = 400, []  # the configured length (10 epochs of 40 steps)
+    for step in range(1, 12):
+        now[0] += 25.6
+        if (new := b.resize(step, total)) is not None:
+            total = new
+            sized.append(step)
+    assert sized[0] == 3 and 8 <= total <= 10  # not 25 steps: the budget ends after ~10
+    sched = run_schedule(0.3, total, warmup_steps=40, min_lr_ratio=0.0)  # 1 epoch of warm-up asked for
+    assert sched.warmup_steps <= total // 5 and sched(total - 1) < sched(sched.warmup_steps)  # warm-up, then decay
+    line, warning = B.estimate_message(4.0, total, 40, b.rate * 256, sched.warmup_steps)
+    assert f"~{total} steps" in line and "fit the budget" in line and "10 images/s" in line
+    assert warning is not None and "too short" in warning and "--time-limit-min" in warning
+    assert B.estimate_message(60.0, 500, 40, 10.0, 40)[1] is None

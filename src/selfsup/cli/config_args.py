@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import RunConfig, apply_overrides, build_run_config, load_yaml, method_section
 from ..errors import ConfigError
+from ..progress import phase
 from ..registry import METHODS, UnknownNameError
 
 # flag → (section, key)
@@ -97,7 +98,51 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="override any config key, e.g. --set method.temperature=0.2 --set optim.weight_decay=1e-5")
 
 
-def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
+# the keys that size a run: when none is given (no --config either) and the run trains on a CPU, `pretrain`
+# takes them from the cpu-folder preset
+SIZE_KEYS = (("backbone", "name"), ("backbone", "width"), ("backbone", "cifar_stem"), ("data", "image_size"),
+             ("train", "batch_size"), ("augment", "size"))
+CPU_PRESET = "cpu-folder"
+
+
+def _given(raw: dict[str, Any], section: str, key: str) -> bool:
+    sec = raw.get(section)
+    return isinstance(sec, dict) and sec.get(key) is not None
+
+
+def cpu_sized(raw: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``raw`` with the cpu-folder preset's sizes when it gives none and its device is a CPU, and the line that
+    says so (None when nothing was chosen). The image size is only set for image folders (a dataset or ``.npz``
+    keeps its native size)."""
+    from ..engine.build import resolve_device
+
+    if any(_given(raw, s, k) for s, k in SIZE_KEYS):
+        return raw, None
+    train: dict[str, Any] = raw["train"] if isinstance(raw.get("train"), dict) else {}
+    try:
+        if resolve_device(str(train.get("device") or "auto")).type != "cpu":
+            return raw, None
+    except Exception:  # a bad device string: the config door names it
+        return raw, None
+    preset = load_config_arg(CPU_PRESET)
+    data: dict[str, Any] = raw["data"] if isinstance(raw.get("data"), dict) else {}
+    backbone: dict[str, Any] = raw["backbone"] if isinstance(raw.get("backbone"), dict) else {}
+    folder = Path(str(data.get("path") or "")).is_dir()
+    out = {**raw, "backbone": {**backbone, **preset["backbone"]},
+           "train": {**train, "batch_size": preset["train"]["batch_size"]}}
+    if folder:
+        out["data"] = {**data, "image_size": preset["data"]["image_size"]}
+    b = preset["backbone"]
+    size = f"{preset['data']['image_size']} px, " if folder else ""
+    return out, (f"no size given on a CPU: using the {CPU_PRESET} sizes ({b['name']} width {b['width']}, CIFAR stem, "
+                 f"{size}batch {preset['train']['batch_size']}); give --width, --image-size, --batch-size or "
+                 "--config to choose others")
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None, *,
+                     cpu_defaults: bool = False) -> RunConfig:
+    """The run config of ``args``. ``cpu_defaults``: a run that gives no size and trains on a CPU takes the
+    cpu-folder preset's (:func:`cpu_sized`), and says so on stdout."""
     raw: dict[str, Any] = dict(base or {})
     from_file: dict[str, Any] | None = None
     if getattr(args, "config", None):
@@ -118,6 +163,10 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
         raise
     fields = list(getattr(cls.Config, "__dataclass_fields__", {}))
     raw = apply_overrides(raw, getattr(args, "set", []) or [], method_fields=fields)
+    if cpu_defaults and from_file is None:
+        raw, chosen = cpu_sized(raw)
+        if chosen:
+            phase(chosen, bool(getattr(args, "quiet", False)))
     try:
         return build_run_config(raw)
     except (ConfigError, UnknownNameError) as e:

@@ -26,7 +26,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from ..api import pretrain
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, cpu_defaults=True)
     res = pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return 0
@@ -39,7 +39,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation.protocols import parse_option_args
     from ..evaluation.runner import evaluate_run
 
-    evaluate_run(args.run, args.protocol or ["knn", "linear"], eval_data=args.eval_data, device=args.device,
+    evaluate_run(args.run, args.protocol or ["knn", "linear"], eval_data=args.eval_train or args.eval_data,
+                 eval_test=args.eval_test, device=args.device,
                  baseline=not args.no_baseline, seeds=args.seeds, epochs=args.epochs, fractions=args.fractions,
                  options=parse_option_args(args.set))
     return 0
@@ -106,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a run (and its random-init baseline)")
     ev.add_argument("run", help="run directory")
     ev.add_argument("--protocol", action="append", help="knn, linear, ... (repeatable; default knn and linear)")
-    ev.add_argument("--eval-data", help="evaluate on other labelled data (transfer)")
+    ev.add_argument("--eval-data", help="evaluate on other labelled data with its own test split (transfer)")
+    ev.add_argument("--eval-train", help="labelled folder or .npz the protocols train on (with --eval-test)")
+    ev.add_argument("--eval-test", help="labelled folder or .npz the protocols are measured on")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
     ev.add_argument("--seeds", type=int, default=1, help="repeats per protocol, reported as mean ± std")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..progress import phase
 from ..registry import DATASETS
 from .base import DataError, ImageDataset, ImageSplit, InMemorySplit, channel_stats
 
@@ -46,7 +47,8 @@ def _load_test_path(ds: ImageDataset, spec: str, test_path: str, image_size: int
 
 def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | None = None,
                  workers: int = 0) -> ImageDataset:
-    """Resolve ``spec``: a registered name (``selfsup list``), a ``.npz`` file, or an image folder.
+    """Resolve ``spec``: a registered name (``selfsup list``), a ``.npz`` file, or an image folder (a folder
+    holding only ``train/`` and ``val/`` or ``test/`` is read as those two splits: data/scan.py ``split_folders``).
 
     ``image_size`` resizes in-memory data once at load time (and sets the decode size of folders).
     ``test_path`` (``data.test_path``) is the test split: it replaces the dataset's own one, with a warning.
@@ -67,9 +69,18 @@ def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | N
         ds = load_npz(path)
     elif path.is_dir():
         from .folder import load_folder
+        from .scan import split_folders
 
+        root, splits = path, split_folders(path)
+        if splits is not None:  # root/train + root/val (or test): two splits, not two classes
+            path, test_dir = splits
+            test_path = test_path if test_path is not None else str(test_dir)
+            phase(f"{root} holds {path.name}/ and {test_dir.name}/: read as the train split and the test split "
+                  f"(pretraining uses {path.name}/ only)" + ("" if str(test_dir) == test_path else
+                                                            f"; data.test_path={test_path} is the test split"))
         folder_test = test_path if test_path is not None and Path(test_path).is_dir() else None
         ds = load_folder(path, image_size, test_root=folder_test, workers=workers)
+        ds.name = root.name
     elif path.exists():
         raise DataError(f"data path is neither a .npz file nor an image folder: {path}")
     else:

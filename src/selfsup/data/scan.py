@@ -134,3 +134,21 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int] | None, list[st
     if not flat_paths[0]:
         raise DataError(f"no images found in {r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return flat_paths[0], None, []
+
+
+TRAIN_NAMES = ("train",)
+TEST_NAMES = ("test", "val", "valid", "validation")  # preferred first
+
+
+def split_folders(root: str | Path) -> tuple[Path, Path] | None:
+    """``(train, test)`` when ``root``'s only subfolders are ``train/`` and one or more of ``test/``, ``val/``,
+    ``valid/``, ``validation/`` (any case; ``test`` preferred, then ``val``): a folder of two splits, not of two
+    classes. None for any other folder (then its subfolders are classes)."""
+    r = Path(root)
+    if not r.is_dir():
+        return None
+    dirs = {e.name.lower(): Path(e.path) for e in _entries(r) if _is_dir(e)}
+    if not any(n in dirs for n in TRAIN_NAMES) or set(dirs) - set(TRAIN_NAMES) - set(TEST_NAMES):
+        return None
+    test = next((dirs[n] for n in TEST_NAMES if n in dirs), None)
+    return (dirs["train"], test) if test is not None else None

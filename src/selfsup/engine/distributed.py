@@ -258,6 +258,15 @@ class NullLogger:
     def progress(self, rec: dict) -> None:
         pass
 
+    def set_total(self, total_steps: int) -> None:
+        pass
+
+    def note(self, line: str) -> None:
+        pass
+
+    def tick(self, step: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -25,6 +25,7 @@ class TrainState:
         self.loss_sum = torch.zeros((), device=device)
         self.loss_count = 0
         self.skipped = 0
+        self.wall_before = 0.0  # wall-clock seconds of earlier launches (restored from the checkpoint)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # -1: every step finite so far
         self.first_kind = torch.zeros((), dtype=torch.long, device=device)  # nonfinite.KIND code of first_bad
 
@@ -80,6 +81,7 @@ class TrainState:
         self.loss_count, self.skipped = int(log.get("loss_count", 0)), int(log.get("skipped", 0))
         self.first_bad.fill_(int(log.get("first_bad", -1)))
         self.first_kind.fill_(int(log.get("first_kind", 0)))
+        self.wall_before = float(log.get("wall_s_total", 0.0))
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
         self.aug_gen.set_state(rng["aug"])

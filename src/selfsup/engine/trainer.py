@@ -24,8 +24,9 @@ from ..components.base import StepContext
 from ..components.sync_bn import convert_sync_bn, has_batch_norm
 from ..config import RunConfig
 from ..data import ImageDataset
+from ..progress import phase
 from . import distributed as D
-from .budget import Budget
+from .budget import Budget, estimate_message
 from .build import build_run, check_pretraining_data, load_data, method_class, method_name, resolve_device
 from .callbacks import Callback, CollapseCallback, RunView
 from .checkpoint import fsync_path, load_method_state, save_checkpoint
@@ -90,6 +91,9 @@ class Run:
     finished: str | None = None  # resumed with nothing left to do: the line to print (files stay unchanged)
     skipped_before: int = 0  # steps skipped before this launch (a run whose every step is skipped is an error)
     window: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [start time, images] of the speed window
+    estimated: bool = False  # the time-limit estimate has been printed
+    t_launch: float = 0.0  # perf_counter at this launch's first step (cumulative wall-clock in checkpoints)
+    wall_before: float = 0.0  # wall-clock seconds of the launches before this one (from the checkpoint)
 
     @property
     def dctx(self) -> D.DistContext:
@@ -135,10 +139,14 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     if not resume:
         check_init_file(cfg.backbone.init)  # before the run directory is made
     run_dir = D.rank0_call(dctx, lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite, lock=lock))
-    data = data or load_data(cfg)
+    if data is None:
+        phase(f"loading data {cfg.data.path}", quiet)
+        data = load_data(cfg)
     device = dist_device or resolve_device(cfg.train.device)
     cfg = resolve_config(cfg, method_class(cfg), data, device)
     check_pretraining_data(cfg, data)
+    phase(f"building {cfg.method.name} ({cfg.backbone.name} width {cfg.backbone.width:g}) on {device}: "
+          f"{data.train.num_images} images of {data.image_size[0]} px, batch {cfg.train.batch_size}", quiet)
     t, o = cfg.train, cfg.optim
     found = find_resume_checkpoint(run_dir) if resume else None
     b = build_run(cfg, data, device, init=found is None)  # backbone.init: a fresh start only, never over a checkpoint
@@ -164,14 +172,16 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
         write_config(run_dir, cfg.to_dict())
     forward: Any = method
     if t.compile:  # falls back to eager, with one logged line, if compiling fails (also at the first call)
+        phase("compiling the method (torch.compile: the first steps are slow)", quiet)
         forward = SafeCompiled(method, log=lambda m: D.note(dctx, m))
     stepper = Stepper(method, forward, optimizer, views if views is not None else b.views, device, dctx, micro,
                       accum=t.grad_accum_steps, bf16=t.precision == "bf16", channels_last=bool(t.channels_last),
                       grad_clip=t.grad_clip, skip_non_finite=t.nan_policy == "skip")
-    logger = MetricsLogger(run_dir, total_steps=state.total_steps, quiet=quiet) if dctx.is_main else D.NullLogger()
+    end = min(state.total_steps, t.max_steps) if t.max_steps is not None else state.total_steps  # the bar's end
+    logger = MetricsLogger(run_dir, total_steps=end, quiet=quiet) if dctx.is_main else D.NullLogger()
     return Run(cfg, run_dir, data, stepper, state, spe, _schedule(cfg, spe, state.total_steps), logger, callbacks,
                quiet, name=method_name(cfg), start_step=state.step, finished=finished,
-               skipped_before=state.skipped)
+               skipped_before=state.skipped, wall_before=state.wall_before)
 
 
 def _report_init(run_dir: Path, report: InitReport, dctx: D.DistContext, quiet: bool) -> None:
@@ -235,6 +245,10 @@ def _train(run: Run) -> TrainResult:
     stop = StopOnSignal().install()  # SIGTERM/SIGINT: finish the step, checkpoint, exit; restored below
     budget = Budget(t.time_limit_min, run.start_step, dctx)
     run.window = [budget.t_start, 0]
+    run.t_launch = budget.t_start
+    limit = f", time limit {t.time_limit_min:g} min (the schedule is sized after 3 steps)" if t.time_limit_min else ""
+    phase(f"training from step {s.step}: {run.last_step() - s.step} steps of {s.total_steps} ({run.spe} per epoch)"
+          f"{limit}", run.quiet)
     stopped = "done"
     run.stepper.method.train()
     try:
@@ -248,6 +262,7 @@ def _train(run: Run) -> TrainResult:
                 out = train_step(run.stepper, s, x, idx, ctx, run.schedule(s.step), y)
                 s.step += 1
                 run.mid_step = False
+                run.logger.tick(s.step)
                 run.window[1] += x.shape[0] * dctx.world
                 time_up = budget.time_up()
                 end_of_run = s.step >= run.last_step() or time_up
@@ -255,7 +270,7 @@ def _train(run: Run) -> TrainResult:
                     stopped = run.stopped_by.stop_kind if run.stopped_by else "stopped"
                     break
                 if (total := budget.resize(s.step, s.total_steps)) is not None:
-                    _set_total_steps(run, total)
+                    _set_total_steps(run, total, budget)
                 if t.checkpoint_every and s.step % t.checkpoint_every == 0 and not end_of_run:
                     _stop_if_non_finite(run)  # never let a checkpoint after a NaN replace the good ones
                     _save(run)
@@ -312,11 +327,21 @@ def _log_step(run: Run, out: Any, budget: Budget) -> bool:
     return run.stopped_by is not None
 
 
-def _set_total_steps(run: Run, total: int) -> None:
-    """The budget's new length of the run: the schedule (warm-up unchanged) and the progress line follow."""
+def _set_total_steps(run: Run, total: int, budget: Budget | None = None) -> None:
+    """The budget's new length of the run: the schedule (warm-up at most a fifth of it) and the progress bar
+    follow; the first sizing prints the estimate, and warns when the budget is too short to learn anything."""
     run.state.total_steps = total
     run.schedule = _schedule(run.cfg, run.spe, total)
-    run.logger.total_steps = total
+    run.logger.set_total(run.last_step())
+    if budget is None or run.estimated or run.cfg.train.time_limit_min is None or not run.dctx.is_main:
+        return
+    run.estimated = True
+    line, warning = estimate_message(run.cfg.train.time_limit_min, total, run.spe,
+                                     budget.rate * run.cfg.train.batch_size, run.schedule.warmup_steps,
+                                     capped=total == budget.cap)
+    run.logger.note(line)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
 
 
 def _schedule(cfg: RunConfig, spe: int, total_steps: int) -> WarmupCosine:
@@ -339,6 +364,7 @@ def _stop_if_non_finite(run: Run) -> None:
 def _save(run: Run) -> None:
     """Checkpoint the model, the optimizer and the state (every rank calls it: the RNG gather is collective)."""
     state = run.state.state_dict(run.dctx)
+    state["log"]["wall_s_total"] = round(run.wall_before + time.perf_counter() - run.t_launch, 3)
     if not run.dctx.is_main:
         return
     ds, weights = run.data, run.stepper.method.state_dict()
@@ -350,6 +376,14 @@ def _save(run: Run) -> None:
                  "mean": list(ds.mean), "std": list(ds.std)},
     }, checkpoint_path(run.run_dir, run.state.step))
     prune_checkpoints(run.run_dir, keep=2, newest_finite=tensors_finite(weights))  # a finite one always stays
+
+
+def _launches(run_dir: Path) -> int:
+    """How many launches trained this run: the first one and one per line of ``resumes.jsonl``."""
+    try:
+        return 1 + sum(1 for ln in (run_dir / "resumes.jsonl").read_text().splitlines() if ln.strip())
+    except OSError:
+        return 1
 
 
 def _finish(run: Run, stopped: str, signal: str | None, wall: float) -> TrainResult:
@@ -371,7 +405,9 @@ def _finish(run: Run, stopped: str, signal: str | None, wall: float) -> TrainRes
     write_json(run.run_dir / "run.json", {
         "method": run.name, "backbone": cfg.backbone.name, "width": cfg.backbone.width,
         "data": cfg.data.path, "steps": step, "total_steps": run.state.total_steps, "epochs": round(step / run.spe, 3),
-        "images_per_s": round(result.images_per_s, 1), "wall_s": round(wall, 1), "final_loss": run.last_loss,
+        "images_per_s": round(result.images_per_s, 1), "wall_s": round(wall, 1),
+        "wall_s_total": round(run.wall_before + wall, 1), "launches": _launches(run.run_dir),
+        "final_loss": run.last_loss,
         "stopped": stopped, "signal": signal, "device": str(run.stepper.device), "world_size": run.dctx.world,
         "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "optimizer": cfg.optim.name, **extra,
     })

@@ -1,4 +1,4 @@
-"""One table across runs: method, backbone, epochs, wall-clock, images/s (from ``run.json``) and each
+"""One table across runs: method, backbone, data, epochs, wall-clock (summed over resumes), images/s (from ``run.json``) and each
 protocol's top-1 with its spread and random-init baseline (from ``eval.json``).
 
 Tolerant by design: a run without ``eval.json`` (not evaluated yet), without ``run.json`` (interrupted), with
@@ -87,7 +87,7 @@ def _metric(evals: dict[str, Any], proto: str, metric: str, baseline: bool = Fal
     return res.get("metrics", {}).get(metric)
 
 
-BASE_FIELDS = ("run", "method", "backbone", "epochs", "wall_min", "images_per_s")
+BASE_FIELDS = ("run", "method", "backbone", "data", "epochs", "wall_min", "images_per_s")
 
 
 def _base_values(r: RunRow) -> dict[str, Any]:
@@ -96,10 +96,19 @@ def _base_values(r: RunRow) -> dict[str, Any]:
     width = i.get("width") or proto.get("width")
     if backbone and width not in (None, 1, 1.0):
         backbone = f"{backbone} w{width:g}"
-    wall = i.get("wall_s")
+    wall = i.get("wall_s_total")  # every launch of a resumed run (run.json before it: the last launch's)
+    wall = wall if isinstance(wall, (int, float)) else i.get("wall_s")
     return {"run": r.name, "method": i.get("method") or proto.get("method"), "backbone": backbone,
+            "data": data_name(i.get("data") or proto.get("pretrain_data")),
             "epochs": i.get("epochs"), "wall_min": round(wall / 60, 1) if isinstance(wall, (int, float)) else None,
             "images_per_s": i.get("images_per_s")}
+
+
+def data_name(path: Any) -> str | None:
+    """The pretraining data as a table shows it: a dataset name, or a file's or folder's name."""
+    if not isinstance(path, str) or not path:
+        return None
+    return Path(path.rstrip("/\\")).name or path
 
 
 def _cell(m: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
@@ -120,7 +129,7 @@ def table_cells(rows: list[RunRow]) -> tuple[list[str], list[list[str]], list[st
     """The table as plain strings: header, one row per run, and the notes (a run's missing files); the HTML
     comparison page renders these, :func:`to_markdown` escapes them."""
     cols = columns(rows)
-    head = ["run", "method", "backbone", "epochs", "wall-clock (min)", "images/s"] + [_label(*c) for c in cols]
+    head = ["run", "method", "backbone", "data", "epochs", "wall-clock (min)", "images/s"] + [_label(*c) for c in cols]
     body = []
     for r in rows:
         base = _base_values(r)

@@ -9,15 +9,17 @@ from torch import nn
 from ..augment.pipeline import eval_view
 from ..backbones.base import Backbone
 from ..data.base import ImageSplit
+from ..progress import track
 
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, split: ImageSplit, mean, std, device: torch.device, *,
-                     batch_size: int = 512, max_images: int | None = None, stage: str | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     batch_size: int = 512, max_images: int | None = None, stage: str | None = None,
+                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pooled features ``(N, D)`` (float32, on CPU) and labels ``(N,)`` of ``split``, in dataset order.
 
     ``stage`` names an intermediate stage (from ``backbone.stage_names``) to pool instead of the final features.
+    ``desc`` names the progress bar (progress.py: a tqdm bar on a terminal, plain lines for long work elsewhere).
     The backbone is put in eval mode (BN running statistics) and restored afterwards.
     """
     was_training = backbone.training
@@ -28,7 +30,10 @@ def extract_features(backbone: nn.Module, split: ImageSplit, mean, std, device: 
     channels_last = isinstance(backbone, Backbone) and backbone.prefers_channels_last  # any encoder module works
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
-    for x, _, y in split.batches(batch_size, shuffle=False):
+    n_batches = split.num_batches(batch_size, drop_last=False)
+    if max_images is not None:
+        n_batches = min(n_batches, -(-max_images // batch_size))
+    for x, _, y in track(split.batches(batch_size, shuffle=False), n_batches, desc, unit="batch"):
         x = view(x.to(device))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -26,6 +26,7 @@ from ..engine.checkpoint import load_method_state
 from ..engine.run_access import check_writable, load_run_checkpoint, saved_config
 from ..engine.rundir import RunDirError, write_json
 from ..errors import ConfigError
+from ..progress import phase
 from ..registry import EVALUATORS
 from .protocols import EvalContext, check_options
 from .transfer import load_eval_data
@@ -85,16 +86,20 @@ def _checkpoint_channels(state: dict[str, torch.Tensor]) -> int | None:
 
 
 def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = DEFAULT_PROTOCOLS, *,
-                 eval_data: str | None = None, device: str = "auto", baseline: bool = True,
+                 eval_data: str | None = None, eval_test: str | None = None, device: str = "auto",
+                 baseline: bool = True,
                  options: dict[str, Any] | None = None, seeds: int = 1, epochs: int | None = None,
                  fractions: list[float] | tuple[float, ...] | None = None, quiet: bool = False) -> dict[str, Any]:
     """Evaluate the newest checkpoint of ``run_dir``; returns and writes the ``eval.json`` mapping.
 
     ``seeds``: repeats per protocol (seeds run_seed … run_seed+N-1); ``epochs``: budget of trained protocols;
     ``fractions``: label fractions of ``semi``; ``options``: ``{"key" or "protocol.key": value}``.
-    Every argument, the run directory and the checkpoint are checked before any work.
+    ``eval_data`` (with ``eval_test``: its test split) evaluates on other labelled data, e.g. labelled ``train/``
+    and ``val/`` folders for a run pretrained on unlabelled photos. Every argument, the run directory and the checkpoint are checked before any work.
     """
     _check_arguments(seeds, epochs, fractions)
+    if eval_test is not None and eval_data is None:
+        raise ConfigError(f"--eval-test {eval_test} needs --eval-train (the labelled data the protocols train on)")
     protocols = list(dict.fromkeys(protocols))
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -108,7 +113,9 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     cfg = saved_config(ckpt, ckpt_path)
     dev = _device(device)
     t0 = time.perf_counter()
-    built, data, data_info = _build_for_eval(run_dir, cfg, ckpt, eval_data, dev)
+    phase(f"evaluating {run_dir} ({ckpt_path.name}): loading data "
+          f"{eval_data or cfg.data.path}" + (f" and {eval_test}" if eval_test else ""), quiet)
+    built, data, data_info = _build_for_eval(run_dir, cfg, ckpt, eval_data, dev, eval_test)
     seed_list = [cfg.train.seed + i for i in range(seeds)]
     common: dict[str, Any] = dict(seed=cfg.train.seed, options=opts, run_dir=run_dir, epochs=epochs,
                                   fractions=tuple(fractions) if fractions else None, pretrain_epochs=cfg.train.epochs)
@@ -118,9 +125,11 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     result: dict[str, Any] = {}
     times: dict[str, Any] = {}
     if random_backbone is not None:
+        phase(f"evaluating the random-init baseline: {', '.join(protocols)}", quiet)
         bctx = EvalContext(random_backbone, data, dev, role="baseline", **common)
         result["baseline"] = run_protocols(bctx, protocols, seed_list)
         times["baseline"] = {p: r["seconds"] for p, r in result["baseline"].items()}
+    phase(f"evaluating the pretrained backbone: {', '.join(protocols)}", quiet)
     tctx = EvalContext(built.method.eval_backbone(), data, dev, role="trained", init_backbone=init_backbone, **common)
     trained = run_protocols(tctx, protocols, seed_list)
     times["trained"] = {p: r["seconds"] for p, r in trained.items()}
@@ -164,14 +173,14 @@ def _device(name: str) -> torch.device:
 
 
 def _build_for_eval(run_dir: Path, cfg: RunConfig, ckpt: dict[str, Any], eval_data: str | None,
-                    dev: torch.device) -> tuple[Built, ImageDataset, dict[str, Any]]:
+                    dev: torch.device, eval_test: str | None = None) -> tuple[Built, ImageDataset, dict[str, Any]]:
     """The run's model (untrained weights) and the labelled data it is evaluated on, with how it was converted."""
     data_info: dict[str, Any] = {"data": cfg.data.path, "channel_conversion": "none"}
     if eval_data is None:
         data = load_dataset(cfg.data.path, cfg.data.image_size, test_path=cfg.data.test_path)
         if not data.has_labels:
             raise DataError(f"{cfg.data.path}: evaluation needs labelled train and test splits "
-                            "(pass --eval-data with labelled data)")
+                            "(pass --eval-train DIR --eval-test DIR, or --eval-data, with labelled data)")
         built = build_run(cfg, data, dev)
     else:
         run_data: ImageDataset | None
@@ -184,7 +193,9 @@ def _build_for_eval(run_dir: Path, cfg: RunConfig, ckpt: dict[str, Any], eval_da
         if channels is None:
             raise DataError(f"{run_dir}: cannot tell the backbone's input channels (pretraining data "
                             f"{cfg.data.path} not found)")
-        data, data_info = load_eval_data(eval_data, size, channels)
+        data, data_info = load_eval_data(eval_data, size, channels, test_path=eval_test)
+        if eval_test is not None:
+            data_info["eval_test"] = eval_test
         built = build_run(cfg, run_data or data, dev)
     if data.channels != built.method.eval_backbone().in_channels:  # cannot happen after conversion; guard anyway
         raise DataError(f"eval data has {data.channels} channels but the backbone expects "

@@ -50,7 +50,7 @@ def plot_curves(records: Sequence[dict[str, Any]]):
     fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 3.6))
     a.plot(xs, loss, color="C0", marker="o" if len(xs) < 30 else None, markersize=3)
     a.set(title="Training loss", xlabel="step", ylabel="loss")
-    b.plot(xl, lr, color="C1")
+    b.plot(xl, lr, color="C1", marker="o" if len(xl) < 30 else None, markersize=3)  # one point: still seen
     b.set(title="Learning rate", xlabel="step", ylabel="learning rate")
     for ax in (a, b):
         ax.grid(alpha=0.3)
@@ -71,15 +71,31 @@ def plot_knn(records: Sequence[dict[str, Any]]):
     return fig
 
 
+def monitor_thresholds() -> dict[str, tuple[float, str]]:
+    """Each monitor's collapse threshold (engine/monitors.py ``CollapseThresholds``) and which side is collapse."""
+    from ..engine.monitors import CollapseThresholds
+
+    t = CollapseThresholds()
+    return {"emb_std_ratio": (t.std_ratio_min, "below"), "rankme": (t.rankme_min, "below"),
+            "out_entropy_ratio": (t.entropy_ratio_max, "above"),
+            "out_marginal_entropy_ratio": (t.marginal_entropy_ratio_min, "below")}
+
+
 def plot_monitors(records: Sequence[dict[str, Any]]):
-    """One panel per collapse monitor present in the records (engine/monitors.py)."""
+    """One panel per collapse monitor present in the records (engine/monitors.py), with its collapse threshold
+    as a dashed red line (the side past it is collapse)."""
     keys = [k for k in MONITOR_KEYS if _series(records, k)[0]]
     if not keys:
         return None
+    limits = monitor_thresholds()
     fig, axes = pyplot().subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, k in zip(axes[0], keys):
         x, y = _series(records, k)
         ax.plot(x, y, color="C2", marker="o" if len(x) < 30 else None, markersize=3)
+        if k in limits:
+            v, side = limits[k]
+            ax.axhline(v, color="C3", linestyle="--", linewidth=1.2, label=f"collapse {side} {v:g}")
+            ax.legend(fontsize=7, loc="best")
         ax.set(title=MONITOR_TITLES[k], xlabel="step", ylabel=k)
         ax.grid(alpha=0.3)
     fig.tight_layout()

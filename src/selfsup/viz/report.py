@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 from ..engine.rundir import RunDirError
 from ..errors import ConfigError
+from ..progress import phase, track
 from . import plots
 from .html import Section, render_page
 from .run_context import RunContext, read_metrics
@@ -99,7 +100,8 @@ def report_run(run_dir: str | Path, out: str | Path | None = None, *, data: str 
     ctx = RunContext(run_dir, prepare_output(out), data, device)
     ctx.load()
     sections = []
-    for sid in SECTIONS:
+    phase(f"building the report of {run_dir} → {out}")
+    for sid in track(SECTIONS, len(SECTIONS), "report", unit="section"):
         s = Section(sid, TITLES[sid])
         try:
             BUILDERS[sid](ctx, s, opts)

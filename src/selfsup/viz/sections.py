@@ -60,8 +60,7 @@ def s_augmentations(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
     if (why := ctx.need("config", "built")) is not None:
         return s.note(f"no augmentation preview: {why}")
     b = ctx.built()
-    n = opts["preview"]
-    x = images_at(b.data.train, range(min(n, b.data.train.num_images)))
+    x = images_at(b.data.train, preview_indices(b.data.train.labels, opts["preview"], b.data.train.num_images))
     gen = torch.Generator(device=b.device).manual_seed(0)
     views = b.views(x.to(b.device), gen)
     rows = [("original", list(x))] + [(f"view {i + 1}", list(unnormalise(v, b.data.mean, b.data.std)))
@@ -72,7 +71,24 @@ def s_augmentations(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
     name = " + ".join(name) if isinstance(name, list) else name
     p = ctx.png(plots.image_grid(rows, title=f"Views as the method saw them (preset: {name})"), "augmentations")
     assert p is not None  # the grid has rows: a figure
-    s.image(p, f"{len(views)} views per image, un-normalised for display")
+    s.image(p, f"{len(views)} views per image, un-normalised for display; images drawn across the classes")
+
+
+def preview_indices(labels: torch.Tensor | None, n: int, num_images: int) -> list[int]:
+    """``n`` images across the classes: the first of each class, then the second of each, ... (a folder is
+    sorted by class, so its first ``n`` images are usually one class); unlabelled data: evenly spaced."""
+    n = min(n, num_images)
+    if labels is None:
+        return sorted({int(i * num_images / max(n, 1)) for i in range(n)})
+    per_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels.tolist()):
+        per_class.setdefault(int(y), []).append(i)
+    order: list[int] = []
+    rank = 0
+    while len(order) < n:
+        order += [ids[rank] for _, ids in sorted(per_class.items()) if rank < len(ids)][: n - len(order)]
+        rank += 1
+    return order
 
 
 def s_tsne(ctx: RunContext, s: Section, opts: dict[str, Any]) -> None:
