@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +139,7 @@ def finetune(source: str | Path, data: str, out: str | Path, *, test: str | None
     out = Path(out)
     _check_out(out)
     check_writable(out / META, "the classifier")
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
     say(f"finetune: loading the encoder of {source}")
     encoder, enc = load_source_encoder(source)
     size = int(enc["data"]["image_size"][0])
@@ -262,7 +261,7 @@ def predict(classifier: str | Path, data: str, out: str | Path, *, top_k: int = 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     check_writable(Path(out), "the predictions")
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
     clf = load_classifier(classifier, resolve_device(device))
     pre = clf.meta["preprocessing"]
     ds = load_dataset(data, int(pre["image_size"]))

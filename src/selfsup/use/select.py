@@ -19,7 +19,6 @@ k-means is scikit-learn's ``KMeans`` (``MiniBatchKMeans`` above 50 clusters, as 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -217,7 +216,7 @@ def select(embeddings: str | Path, budget: int, strategy: str, out: str | Path, 
     check_request(budget, strategy, max(1, budget), str(embeddings))  # the options, before reading the file
     emb = load_embeddings(embeddings)
     check_request(budget, strategy, len(emb.ids), str(emb.path))
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
     n, d = emb.vectors.shape
     say(f"select: {strategy}, {budget} of {n} images ({d}-d embeddings from {emb.path})")
     idx = select_indices(emb.vectors, budget, strategy, seed, clusters=clusters)
