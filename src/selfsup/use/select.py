@@ -214,6 +214,9 @@ def select(embeddings: str | Path, budget: int, strategy: str, out: str | Path, 
            clusters: int | None = None, quiet: bool = False) -> list[str]:
     """Pick ``budget`` images of the embeddings file, write their ids to ``out``; returns the ids."""
     check_request(budget, strategy, max(1, budget), str(embeddings))  # the options, before reading the file
+    from ..engine.run_access import check_writable
+
+    check_writable(Path(out), "the selection")
     emb = load_embeddings(embeddings)
     check_request(budget, strategy, len(emb.ids), str(emb.path))
     say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
