@@ -13,7 +13,6 @@ from PIL import Image
 
 from selfsup.cli.main import main
 from selfsup.config import build_run_config
-from selfsup.data import DataError
 from selfsup.use.classifier import META, WEIGHTS, finetune, load_classifier, predict
 
 

@@ -12,8 +12,17 @@ from selfsup.config import build_run_config
 from selfsup.data import DataError, load_dataset
 from selfsup.data.ids import indices_of, read_selection, split_ids
 from selfsup.errors import ConfigError
-from selfsup.use.select import (STRATEGIES, cluster_balanced, kcenter, load_embeddings, select, select_indices,
-                                typicality, typicality_scores, write_selection)
+from selfsup.use.select import (
+    STRATEGIES,
+    cluster_balanced,
+    kcenter,
+    load_embeddings,
+    select,
+    select_indices,
+    typicality,
+    typicality_scores,
+    write_selection,
+)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
