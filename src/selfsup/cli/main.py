@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .study import add_parser as add_study_parser
     add_study_parser(sub)
     from . import classify, select
-    select.add_parser(sub); classify.add_parsers(sub)  # noqa: E702
+    select.add_parser(sub)
+    classify.add_parsers(sub)
     return p
 
 
