@@ -67,7 +67,8 @@ def load_source_encoder(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     src = Path(source)
     if not src.is_dir():
-        raise DataError(f"source run directory not found: {src}")
+        raise DataError(f"{src}: not a run directory (finetune starts from a pretrained run)" if src.exists()
+                        else f"source run directory not found: {src}")
     ckpt_path, ckpt = load_run_checkpoint(src)
     cfg = saved_config(ckpt, ckpt_path)
     info = ckpt.get("data")

@@ -108,7 +108,11 @@ def _dots(x: np.ndarray, v: np.ndarray, chunk: int) -> np.ndarray:
 
 def kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(cluster of every row, centroids (k, D)): KMeans, MiniBatchKMeans above 50 clusters."""
-    from sklearn.cluster import KMeans, MiniBatchKMeans
+    try:
+        from sklearn.cluster import KMeans, MiniBatchKMeans
+    except ImportError:
+        raise ConfigError("--strategy typicality and cluster-balanced need scikit-learn (k-means): "
+                          "pip install 'selfsup[use]'") from None
 
     if k > 50:
         km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=max(1024, 3 * k))
