@@ -4,7 +4,7 @@
 
 Given a pretrained run (``benchmarks/pretrain_cifar10.py`` writes a SimCLR CIFAR-10 one), this embeds the train
 split with the run's evaluated encoder (the frozen, pooled features the semi protocol fits its probe on, written
-to ``OUT/embeddings.npz`` in the layout of ``selfsup embed``: ``embeddings``, ``ids`` = row indices, ``labels``),
+to ``OUT/embeddings.npz`` in the layout of ``selfsup embed``: ``embeddings``, ``ids`` = ``train/<row>``, ``labels``),
 selects 1 % and 0.5 % of it with every strategy of ``selfsup select`` (the selection files are kept in ``OUT``),
 and runs the semi protocol (``semi.mode=linear`` by default: the cached-feature L-BFGS probe, tested on the full
 test split) on each selection and on a random stratified subset of the same fraction, over ``--seeds`` seeds.
@@ -78,7 +78,7 @@ def load(a: argparse.Namespace) -> tuple[torch.nn.Module, ImageDataset, str, int
 def write_embeddings(ctx: EvalContext, out: Path) -> Path:
     ftr, ytr, _, _ = ctx.features()
     path = out / "embeddings.npz"
-    np.savez(path, embeddings=ftr.numpy().astype(np.float32), ids=np.array([str(i) for i in range(len(ftr))]),
+    np.savez(path, embeddings=ftr.numpy().astype(np.float32), ids=np.array([f"train/{i}" for i in range(len(ftr))]),
              labels=ytr.numpy())
     return path
 

@@ -118,7 +118,7 @@ def test_selection_benchmark_smoke_on_a_tiny_run(tmp_path: Path, monkeypatch) ->
     res = json.loads((out / "selection.json").read_text())
     assert res["train_images"] == 40 and len(res["results"]["0.25"]["kcenter"]["values"]) == 2
     assert (out / "select-kcenter-0.25-seed1.txt").read_text().count("\n") == 10
-    assert np_load_ids(out / "embeddings.npz") == [str(i) for i in range(40)]
+    assert np_load_ids(out / "embeddings.npz") == [f"train/{i}" for i in range(40)]
 
 
 def np_load_ids(path: Path) -> list[str]:

@@ -181,11 +181,24 @@ def test_folder_ids_are_relative_paths_and_stay_aligned_past_a_corrupt_file(tmp_
         indices_of(["cat/bad.png"], ds.train, where="s", data="d")
 
 
-def test_npz_ids_are_row_indices(blobs_npz):
+def test_npz_ids_are_train_rows_as_embed_writes_them(blobs_npz):
     ds = load_dataset(str(blobs_npz))
-    assert split_ids(ds.train)[:3] == ["0", "1", "2"]
-    with pytest.raises(DataError, match=r"1 of 2 ids .*first: '32'.*row indices 0\.\.31"):
-        indices_of(["3", "32"], ds.train, where="sel.txt", data=str(blobs_npz))
+    assert split_ids(ds.train)[:3] == ["train/0", "train/1", "train/2"]
+    assert indices_of(["train/5", "3"], ds.train, where="s", data="d").tolist() == [5, 3]  # a bare row: same image
+    with pytest.raises(DataError, match=r"1 of 2 ids .*first: 'train/32'.*train/0\.\.train/31"):
+        indices_of(["train/3", "train/32"], ds.train, where="sel.txt", data=str(blobs_npz))
+    with pytest.raises(DataError, match="test-split images"):
+        indices_of(["train/3", "test/0"], ds.train, where="sel.txt", data=str(blobs_npz))
+
+
+def test_select_leaves_test_split_ids_out(tmp_path):
+    x, _ = clusters(sizes=(20, 20))
+    ids = [f"train/{i}" for i in range(30)] + [f"test/{i}" for i in range(10)]
+    p = save_embeddings(tmp_path / "e.npz", x, ids=ids)
+    got = select(p, 30, "kcenter", tmp_path / "s.txt", quiet=True)
+    assert sorted(got) == sorted(ids[:30])
+    with pytest.raises(ConfigError, match="larger than the 30 images of train/"):
+        select(p, 31, "random", tmp_path / "s.txt", quiet=True)
 
 
 # ------------------------------------------------------------------------------------ semi on a selection file

@@ -1,6 +1,7 @@
 """Image ids: how a file of embeddings, a selection or a list of predictions names the images of a split.
 
-- An ``.npz`` file or a built-in dataset: the row index in the train split, as a string (``"0"``, ``"1"``, ...).
+- An ``.npz`` file or a built-in dataset: ``train/<row>`` (``train/0``, ``train/1``, ...; ``selfsup embed`` writes
+  ``test/<row>`` for the test split); a bare row index (``"0"``) names the same train image.
 - An image folder: the file's path relative to the folder, with ``/`` separators (``cat/001.png``), so an id
   survives a re-scan even when unreadable files are skipped.
 
@@ -23,7 +24,7 @@ MAX_SELECTION_BYTES = 256 << 20  # a list of ids, not a dataset
 def split_ids(split: ImageSplit) -> list[str]:
     """One id per image of ``split``, in row order."""
     ids = getattr(split, "ids", None)
-    return list(ids) if ids is not None else [str(i) for i in range(split.num_images)]
+    return list(ids) if ids is not None else [f"train/{i}" for i in range(split.num_images)]
 
 
 def read_selection(path: str | Path) -> list[str]:
@@ -52,10 +53,16 @@ def indices_of(ids: list[str], split: ImageSplit, *, where: str, data: str) -> t
     """Row indices (int64, in ``ids`` order) of ``ids`` in ``split``; ids it does not hold are one line naming
     ``where`` (the selection file) and ``data``."""
     index = {name: i for i, name in enumerate(split_ids(split))}
+    by_row = getattr(split, "ids", None) is None
+    if by_row:
+        index.update({str(i): i for i in range(split.num_images)})
+        test = [i for i in ids if i.startswith("test/")]
+        if test:
+            raise DataError(f"{where}: {len(test)} ids name test-split images (first: {test[0][:80]!r}); labels "
+                            "to train on come from the train split (select from train/ ids only)")
     missing = [i for i in ids if i not in index]
     if missing:
-        kind = ("paths relative to the folder" if getattr(split, "ids", None) is not None
-                else f"row indices 0..{split.num_images - 1}")
+        kind = f"train/0..train/{split.num_images - 1}" if by_row else "paths relative to the folder"
         raise DataError(f"{where}: {len(missing)} of {len(ids)} ids are not images of {data} (first: "
                         f"{missing[0][:80]!r}; its ids are {kind})")
     return torch.tensor([index[i] for i in ids], dtype=torch.int64)

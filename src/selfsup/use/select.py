@@ -198,6 +198,12 @@ def select_indices(x: np.ndarray, budget: int, strategy: str, seed: int = 0, *, 
     return idx
 
 
+def train_rows(ids: list[str]) -> np.ndarray:
+    """Rows that may be picked: all, except the ``test/<row>`` ids ``selfsup embed`` writes for a test split."""
+    keep = [i for i, name in enumerate(ids) if not name.startswith("test/")]
+    return np.asarray(keep if keep else range(len(ids)), dtype=np.int64)
+
+
 def write_selection(path: str | Path, ids: list[str], strategy: str) -> Path:
     """One id per line, or (a ``.csv`` path) ``id,strategy,rank`` rows."""
     import csv
@@ -225,8 +231,12 @@ def select(embeddings: str | Path, budget: int, strategy: str, out: str | Path, 
     check_request(budget, strategy, len(emb.ids), str(emb.path))
     say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
     n, d = emb.vectors.shape
-    say(f"select: {strategy}, {budget} of {n} images ({d}-d embeddings from {emb.path})")
-    idx = select_indices(emb.vectors, budget, strategy, seed, clusters=clusters)
+    rows = train_rows(emb.ids)
+    if len(rows) < n:
+        say(f"select: {n - len(rows)} test/ images of {emb.path} left out (labels to train on come from train/)")
+        check_request(budget, strategy, len(rows), f"train/ of {emb.path}")
+    say(f"select: {strategy}, {budget} of {len(rows)} images ({d}-d embeddings from {emb.path})")
+    idx = rows[select_indices(emb.vectors[rows], budget, strategy, seed, clusters=clusters)]
     ids = [emb.ids[i] for i in idx.tolist()]
     path = write_selection(out, ids, strategy)
     if emb.labels is not None and not quiet:
