@@ -187,7 +187,7 @@ def _npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
-def use_files() -> dict[str, bytes]:
+def select_classify_files() -> dict[str, bytes]:
     """Embeddings files (for select), selection files (for eval --selection) and labelled data (for finetune)."""
     import numpy as np
 
@@ -214,7 +214,7 @@ def use_files() -> dict[str, bytes]:
     }
 
 
-def use_setup(main, tmp, run, npz) -> None:
+def select_classify_setup(main, tmp, run, npz) -> None:
     """Bad inputs' files, a classifier trained on the tiny run, a damaged copy of it, a grayscale folder."""
     import io
     import shutil
@@ -222,7 +222,7 @@ def use_setup(main, tmp, run, npz) -> None:
     import numpy as np
     from PIL import Image
 
-    for name, content in use_files().items():
+    for name, content in select_classify_files().items():
         (tmp / "files" / name).write_bytes(content)
     assert main(["finetune", str(run), "--data", str(npz), "--out", str(tmp / "classifier"), "--epochs", "1",
                  "--device", "cpu", "--quiet"]) == 0
@@ -237,15 +237,18 @@ def use_setup(main, tmp, run, npz) -> None:
         (tmp / "gray-folder" / f"{i}.png").write_bytes(buf.getvalue())
 
 
-def use_cases() -> list[Case]:
+def select_classify_cases() -> list[Case]:
     sel = ("select", "{f}", "--budget", "3", "--out", "{out}/s.txt")
     good = ("select", "{tmp}/files/emb-good.npz", "--out", "{out}/s.txt")
-    cases = [Case(f"select {name}", sel, (name,), file=name) for name in use_files() if name.startswith("emb-")
-             and name != "emb-good.npz"]
+    cases = [Case(f"select {name}", sel, (name,), file=name) for name in select_classify_files()
+             if name.startswith("emb-") and name != "emb-good.npz"]
     cases += [Case(f"select --budget={b!r}", (*good, "--budget", b), ("--budget",))
               for b in ("25", "1000000", "0", "-1", "abc", "1.5", "")]
     cases += [Case(f"select --strategy={s!r}", (*good, "--budget", "3", "--strategy", s), ("--strategy", "kcenter"))
               for s in ("nosuch", "", "KCENTER", "k-center")]
+    embedded = ("select", "{tmp}/use/emb.npz", "--out", "{out}/s.csv")  # written by selfsup embed
+    cases += [Case("select embed's file --budget over its train images", (*embedded, "--budget", "25"), ("--budget",)),
+              Case("select embed's file", (*embedded, "--budget", "5", "--strategy", "kcenter"), expect="ok")]
     cases += [Case("select missing file", ("select", "{tmp}/no.npz", "--budget", "3", "--out", "{out}/s"), ("no.npz",)),
               Case("select --clusters=0", (*good, "--budget", "3", "--strategy", "cluster-balanced", "--clusters", "0"),
                    ("--clusters",)),
@@ -282,3 +285,95 @@ def use_cases() -> list[Case]:
               Case("predict --data missing", ("predict", "{tmp}/classifier", "--data", "{tmp}/nodata", *pr),
                    ("nodata",))]
     return cases
+
+
+# ------------------------------------------------------------------------------------------- pretrain --init
+class GetCwd:
+    """A pickled call (harmless: os.getcwd) inside a state dict: the file must be refused, not loaded."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def init_files() -> dict[str, bytes]:
+    import json
+
+    import torch
+    from safetensors.torch import save
+
+    return {
+        "init-list.pth": _torch_bytes([1, 2, 3]),
+        "init-text.pth": b"these are not weights\n",
+        "init-code.pth": _torch_bytes({"conv1.weight": torch.zeros(1), "x": GetCwd()}),
+        "init-shape.pth": _torch_bytes({"conv1.weight": torch.zeros(64, 3, 7, 7)}),  # full width into width 0.25
+        "init-vit-export.safetensors": save({"cls_token": torch.zeros(1, 1, 8)},
+                                            metadata={"selfsup": json.dumps({"arch": "vit-tiny"})}),
+    }
+
+
+def init_cases() -> list[Case]:
+    resnet = ("--backbone", "resnet18")
+    return [
+        Case("pretrain --init missing", pretrain("--init", "{tmp}/no-such-weights.pth"),
+             ("backbone.init", "no-such-weights.pth", "not found")),
+        Case("pretrain --init not a state dict", pretrain("--init", "{f}"), ("init-list.pth", "not a state dict"),
+             file="init-list.pth"),
+        Case("pretrain --init a text file", pretrain("--init", "{f}"), ("init-text.pth", "not a readable"),
+             file="init-text.pth"),
+        Case("pretrain --init pickled code", pretrain("--init", "{f}"),
+             ("init-code.pth", "refused: loading it would execute code"), file="init-code.pth"),
+        Case("pretrain --init shape mismatch", pretrain(*resnet, "--init", "{f}"),
+             ("backbone.init", "conv1.weight", "(64, 3, 7, 7)", "(16, 3, 7, 7)"), file="init-shape.pth"),
+        Case("pretrain --init an export of another architecture", pretrain("--init", "{f}"),
+             ("backbone.init", "vit-tiny", "convnet"), file="init-vit-export.safetensors"),
+        Case("export --format onnx without onnx", ("export", "{run}", "--format", "onnx", "--out", "{out}/b.onnx"),
+             ("--format onnx", "onnx package", "pip install"), extra={"hide_modules": ("onnx",)}),
+        Case("export --format timm of a convnet", ("export", "{run}", "--format", "timm", "--out", "{out}/f"),
+             ("--format timm", "convnet")),
+    ]
+
+
+# ------------------------------------------------------------------------------------------- embed, neighbors
+# {tmp}/use/ holds what badinput_runs.make_use_files writes: emb.npz (embeddings of {npz} by {run}) and
+# other-arch.pt, an export of {run} whose metadata claims another architecture than its weights are, and
+# a-dir.npz, a directory.
+EMB = "{tmp}/use/emb.npz"
+
+
+def use_embed_cases() -> list[Case]:
+    embed = ("embed", "{run}", "--data", "{npz}", "--out")
+    return [
+        Case("embed a folder with a corrupt file (counted skip)", ("embed", "{run}", "--data", "{f}", "--out",
+             "{out}/e.npz"), ("skipped 1 of 13", "bad.png"), expect="skip", file="one-corrupt-beside-good"),
+        Case("embed an export of another architecture than it claims", ("embed", "{tmp}/use/other-arch.pt", "--data",
+             "{npz}", "--out", "{out}/e.npz"), ("other-arch.pt", "resnet18")),
+        Case("embed --out with an unknown suffix", (*embed, "{out}/e.txt"), ("--out", ".txt")),
+        Case("embed --out without a suffix", (*embed, "{out}/e"), ("--out",)),
+        Case("embed --out an existing directory", (*embed, "{tmp}/use/a-dir.npz"), ("--out", "a-dir.npz")),
+        Case("embed a source that is nothing", ("embed", "{tmp}/no/such/run", "--data", "{npz}", "--out",
+             "{out}/e.npz"), ("{tmp}/no/such/run",)),
+        Case("embed --batch-size 0", (*embed, "{out}/e.npz", "--batch-size", "0"), ("--batch-size",)),
+        Case("embed --data missing", ("embed", "{run}", "--data", "/no/such/data", "--out", "{out}/e.npz"),
+             ("/no/such/data",)),
+        Case("neighbors --query an id not in the file", ("neighbors", EMB, "--query", "nosuch/id.png"),
+             ("--query", "nosuch/id.png")),
+        Case("neighbors --k larger than the data", ("neighbors", EMB, "--k", "100000"), ("--k",)),
+        Case("neighbors --k 0", ("neighbors", EMB, "--k", "0"), ("--k",)),
+        Case("neighbors --duplicates 2", ("neighbors", EMB, "--duplicates", "2"), ("--duplicates",)),
+        Case("neighbors --duplicates nan", ("neighbors", EMB, "--duplicates", "nan"), ("--duplicates",)),
+        Case("neighbors --html without .html", ("neighbors", EMB, "--html", "{out}/g.txt"), ("--html",)),
+        Case("neighbors a missing file", ("neighbors", "{tmp}/use/none.npz"), ("none.npz",)),
+        Case("neighbors a file that is not embeddings", ("neighbors", "{npz}"), ("tiny.npz",)),
+    ]

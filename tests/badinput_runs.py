@@ -296,7 +296,7 @@ def eval_cases() -> list[Case]:
 
 def export_cases() -> list[Case]:
     cases = [Case(f"export --format {f!r}", ("export", "{run}", "--format", f, "--out", "{out}/b"), ("--format",))
-             for f in ("onnx", "", "PT", "safetensors ", "torchscript", "pt,safetensors")]
+             for f in ("tflite", "", "PT", "safetensors ", "torchscript", "pt,safetensors")]
     cases += [Case("export --out under a regular file", ("export", "{run}", "--out", "{tmp}/a-file/b.safetensors"),
                    ("a-file",)),
               Case("export --out an existing directory", ("export", "{run}", "--out", "{tmp}/runs/empty-dir"),
@@ -364,3 +364,19 @@ def malicious_cases() -> list[Case]:
                        needles, run=run),
                   Case(f"pretrain --resume malicious {payload} protocol {protocol}", _resume_argv(), needles, run=run)]
     return cases
+
+
+# ------------------------------------------------------------------------------------ embed, neighbors
+def make_use_files(tmp: Path, run: Path, npz: Path) -> None:
+    """``tmp/use/emb.npz`` (embeddings of ``npz`` by ``run``) and ``tmp/use/other-arch.pt``, an export of ``run``
+    whose metadata names another architecture (resnet18) than its weights (a convnet)."""
+    import json
+
+    from selfsup.cli.main import main
+
+    use = tmp / "use"
+    assert main(["embed", str(run), "--data", str(npz), "--out", str(use / "emb.npz")]) == 0
+    assert main(["export", str(run), "--format", "pt", "--out", str(use / "other-arch.pt")]) == 0
+    (use / "a-dir.npz").mkdir()  # a directory where an output file is asked for
+    side = use / "other-arch.pt.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "arch": "resnet18"}))

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from selfsup.backbones.vit import vit_factory
+from selfsup.config import RunConfig, build_run_config
 from selfsup.data.base import ImageDataset, InMemorySplit
-from selfsup.registry import BACKBONES
+from selfsup.registry import BACKBONES, METHODS
 
 torch.set_num_threads(2)
 
@@ -63,3 +64,24 @@ def save_npz(ds: ImageDataset, path: Path) -> Path:
 def blobs_npz(tmp_path_factory) -> Path:
     """32 blob images (16 px, 4 classes) as an ``.npz`` file, made once per test module."""
     return save_npz(make_blobs(n=32, size=16), tmp_path_factory.mktemp("data") / "blobs.npz")
+
+
+def tiny_run_config(method: str = "simclr", method_opts: dict | None = None, *, test_sizes: bool = True,
+                    data: str | Path | None = None, augment: dict | None = None, optim: dict | None = None,
+                    **train) -> RunConfig:
+    """The small run the engine tests train: ``method`` at its registered test sizes (``test_overrides`` and
+    ``test_backbone``, unless ``test_sizes=False``) updated by ``method_opts``, a width-0.25 backbone, on the CPU,
+    batch 8 for 2 epochs, a log line per step and half an epoch of warm-up; keywords override ``train.*``."""
+    cls = METHODS.get(method)
+    opts = {**(dict(getattr(cls, "test_overrides", {})) if test_sizes else {}), **(method_opts or {})}
+    raw: dict = {
+        "method": {"name": method, **opts},
+        "backbone": {"name": getattr(cls, "test_backbone", "convnet") if test_sizes else "convnet", "width": 0.25},
+        "train": {"epochs": 2, "batch_size": 8, "device": "cpu", "log_every": 1, **train},
+        "optim": optim if optim is not None else {"warmup_epochs": 0.5},
+    }
+    if data is not None:
+        raw["data"] = {"path": str(data)}
+    if augment:
+        raw["augment"] = augment
+    return build_run_config(raw)

@@ -25,7 +25,8 @@ from badinput_runner import TreeSnapshot, judge, run_cli
 
 CASES: list[C.Case] = (C.flag_cases() + C.set_cases() + C.yaml_cases() + R.foreign_cases() + R.data_cases()
                        + R.eval_cases() + R.export_cases() + R.report_compare_cases() + R.malicious_cases()
-                       + C.use_cases())
+                       + C.init_cases() + C.use_embed_cases()
+                       + C.select_classify_cases())
 assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
 
 # Known failures, case id → where the fix will come from; strict: a listed case that passes fails the suite, so
@@ -69,7 +70,7 @@ def env(tmp_path_factory):
     runs["evaljson-dir"] = ej
     files = tmp / "files"
     files.mkdir()
-    for name, content in {**C.yaml_files(), **R.npz_files()}.items():
+    for name, content in {**C.yaml_files(), **R.npz_files(), **C.init_files()}.items():
         (files / name).write_bytes(content)
     for name, (layout, _) in R.folder_specs().items():
         (files / name).mkdir()
@@ -78,7 +79,8 @@ def env(tmp_path_factory):
             (files / name / rel).write_bytes(content)
     (tmp / "a-file").write_text("a regular file where a directory is expected\n")
     R.make_bad_run_dirs(tmp / "runs", run)
-    C.use_setup(main, tmp, run, npz)  # select, finetune and predict's files and a classifier
+    R.make_use_files(tmp, run, npz)
+    C.select_classify_setup(main, tmp, run, npz)  # select, finetune and predict's files and a classifier
     snapshots = {name: TreeSnapshot(d) for name, d in runs.items()}
     yield {"tmp": tmp, "npz": npz, "marker": marker, "runs": runs, "files": files, "good": good, "snapshots": snapshots}
     _write_summary(tmp_path_factory.getbasetemp())
@@ -108,7 +110,9 @@ def _fill(template: str, values: dict) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: C.Case, env, tmp_path):
+def test_bad_input(case: C.Case, env, tmp_path, monkeypatch):
+    for module in case.extra.get("hide_modules", ()):  # an optional package that is not installed
+        monkeypatch.setitem(sys.modules, module, None)
     run_dir = env["runs"][case.run]
     values = {"run": run_dir, "npz": env["npz"], "out": tmp_path / "out", "tmp": env["tmp"],
               "f": env["files"] / case.file if case.file else ""}

@@ -77,6 +77,23 @@ def test_queue_fifo_order_and_wrap_around():
     assert q.ids.tolist() == [6, 7, -1, -1, 4, 5]
 
 
+def test_staged_micro_batches_enter_the_queue_as_pushes_one_by_one():
+    """Staged rows of one step (micro-batches, together more than the queue holds) leave the queue as pushing
+    them in order would: the newest rows, at the same places, the same pointer and fill."""
+    rows = torch.arange(36, dtype=torch.float32).reshape(18, 2)
+    one_by_one, staged = FeatureQueue(8, 2, normalize=False), FeatureQueue(8, 2, normalize=False)
+    for q in (one_by_one, staged):
+        q.push(rows[:3], torch.arange(3))
+    for i in range(3, 18, 5):
+        one_by_one.push(rows[i:i + 5], torch.arange(i, i + 5))
+        staged.stage(rows[i:i + 5], torch.arange(i, i + 5))
+    assert len(staged._staged) == 3  # three calls staged, nothing pushed yet
+    staged.after_step(StepContext(1, 2))
+    for name in ("rows", "ids", "ptr", "filled"):
+        assert torch.equal(getattr(staged, name), getattr(one_by_one, name)), name
+    assert len(staged._staged) == 0
+
+
 def test_ema_momentum_update_formula_and_schedule():
     student = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
     ema = EMATeacher(student, Cosine(0.9, 1.0))

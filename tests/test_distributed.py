@@ -61,14 +61,14 @@ def _one_step(name: str, rank: int, world: int):
 
     data = make_blobs(n=B, size=16)
     method, views = _build(name, data)
-    x, idx, _ = next(data.train.batches(B, shuffle=False))
+    x, idx, y = next(data.train.batches(B, shuffle=False))  # the labels reach methods that use them (SupCon)
     vs = views(x, torch.Generator().manual_seed(1))
     b = B // world
     mine = slice(rank * b, (rank + 1) * b)
     method.train()
     torch.manual_seed(123)  # the global RNG, identical on every rank (as the engine keeps it)
     ctx = StepContext(step=3, total_steps=10, epoch=1, steps_per_epoch=3)
-    out = method(ViewBatch([v[mine] for v in vs], idx[mine]), ctx)
+    out = method(ViewBatch([v[mine] for v in vs], idx[mine], y[mine]), ctx)
     out.loss.backward()
     dctx = DistContext(rank, world)
     params = [p for p in method.parameters() if p.requires_grad]

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_blobs, save_npz
+from conftest import make_blobs, save_npz, tiny_run_config
 
-from selfsup.config import ConfigError, build_run_config
+from selfsup.config import ConfigError
 from selfsup.engine import distributed as D
 from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.compile import SafeCompiled
@@ -21,14 +21,7 @@ from selfsup.engine.trainer import pretrain
 
 
 def _cfg(data: Path, **train):
-    t = {"epochs": 2, "batch_size": 8, "log_every": 1, "device": "cpu", "seed": 0, **train}
-    return build_run_config({
-        "method": {"name": "simclr", "proj_hidden_dim": 32, "proj_dim": 16},
-        "data": {"path": str(data)},
-        "backbone": {"name": "convnet", "width": 0.25},
-        "optim": {"warmup_epochs": 0.5},
-        "train": t,
-    })
+    return tiny_run_config("simclr", {"proj_hidden_dim": 32, "proj_dim": 16}, data=data, **{"seed": 0, **train})
 
 
 @pytest.fixture(scope="module")

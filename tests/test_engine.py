@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_config
 from torch import nn
 
 from selfsup.components.schedules import Constant, Cosine, LinearWarmup
-from selfsup.config import OptimConfig, build_run_config
+from selfsup.config import OptimConfig
 from selfsup.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from selfsup.engine.optim import LARS, build_optimizer, param_groups
 from selfsup.engine.rundir import list_checkpoints
@@ -174,14 +175,7 @@ def test_load_checkpoint_bad_files(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- training runs
 def run_cfg(data: Path, **train):
-    t = {"epochs": 2, "batch_size": 8, "log_every": 1, "device": "cpu", "seed": 0, **train}
-    return build_run_config({
-        "method": {"name": "simclr", "proj_hidden_dim": 32, "proj_dim": 16},
-        "data": {"path": str(data)},
-        "backbone": {"name": "convnet", "width": 0.25},
-        "optim": {"warmup_epochs": 0.5},
-        "train": t,
-    })
+    return tiny_run_config("simclr", {"proj_hidden_dim": 32, "proj_dim": 16}, data=data, **{"seed": 0, **train})
 
 
 def read_metrics(run: Path) -> list[dict]:

@@ -15,7 +15,18 @@ import torch
 import torch.nn.functional as F
 
 import selfsup.losses
-from selfsup.losses import clustering, contrastive, distillation, masked, metric, pretext, redundancy
+from selfsup.losses import (
+    clustering,
+    contrastive,
+    contrastive_variants,
+    covariance_contrast,
+    distillation,
+    masked,
+    metric,
+    pretext,
+    redundancy,
+    statistical,
+)
 from selfsup.methods.moco_v3 import ctr_loss
 from selfsup.methods.npid import BankLoss
 
@@ -92,6 +103,40 @@ CASES = {
                                                                         _g(40, seed=2).exp())),
     "pretext.cpc_info_nce": (pretext.cpc_info_nce, lambda: (_g(2, 2, 3, 32, seed=0), _g(2, 3, 3, 32, seed=1), 1)),
     "pretext.gan_losses": (pretext.gan_losses, lambda: (_g(8, 1, seed=0), _g(8, 1, seed=1), _g(8, 1, seed=2))),
+    # statistical / coding-rate objectives (MMCR, EMP-SSL, W-MSE, LeJEPA)
+    "statistical.mmcr_loss": (statistical.mmcr_loss, lambda: (_g(4, 8, 16, seed=0), 0.1)),
+    "statistical.mmcr_loss[momentum]": (statistical.mmcr_loss, lambda: (_g(4, 8, 16, seed=0), 0.0,
+                                                                        _g(4, 8, 16, seed=1))),
+    "statistical.total_coding_rate": (statistical.total_coding_rate, lambda: (_unit(3, 16, 24, seed=0), 0.2)),
+    "statistical.patch_invariance": (statistical.patch_invariance, lambda: (_g(5, 8, 16, seed=0),)),
+    "statistical.whiten": (statistical.whiten, lambda: (_g(24, 6, seed=0),)),
+    "statistical.wmse_loss": (statistical.wmse_loss, lambda: (_g(3, 24, 6, seed=0),
+                                                              torch.stack([torch.randperm(24, generator=torch.Generator()
+                                                                                          .manual_seed(s))
+                                                                           for s in (1, 2)]), 12)),
+    "statistical.epps_pulley": (statistical.epps_pulley, lambda: (_g(32, 6, seed=0),)),
+    "statistical.sigreg": (statistical.sigreg, lambda: (_g(3, 32, 8, seed=0), _unit(12, 8, seed=1).T.contiguous())),
+    "statistical.lejepa_prediction": (statistical.lejepa_prediction, lambda: (_g(5, 8, 16, seed=0), 2)),
+    # DCL / DCLW, SupCon, TiCo
+    "contrastive_variants.vmf_weights": (contrastive_variants.vmf_weights,
+                                         lambda: (_unit(8, 32, seed=0), _unit(8, 32, seed=1), 0.5)),
+    "contrastive_variants.dcl_loss": (contrastive_variants.dcl_loss, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1),
+                                                                              0.1)),
+    "contrastive_variants.dcl_loss[dclw]": (contrastive_variants.dcl_loss,
+                                            lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), 0.1, 0.5)),
+    "contrastive_variants.supcon_loss": (contrastive_variants.supcon_loss,
+                                         lambda: (_g(2, 8, 32, seed=0), torch.arange(8) % 3, 0.1)),
+    "covariance_contrast.tico_loss": (covariance_contrast.tico_loss,
+                                      lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), _g(32, 32, seed=2) * 0.05,
+                                               0.9, 8.0)),
+    # NNCLR, FastSiam, ReSSL
+    "contrastive.nnclr_loss": (contrastive.nnclr_loss, lambda: (_unit(8, 32, seed=0), _unit(8, 32, seed=1),
+                                                                _g(8, 32, seed=2), _g(8, 32, seed=3), 0.1)),
+    "distillation.mean_target_negative_cosine": (distillation.mean_target_negative_cosine,
+                                                 lambda: (_g(4, 8, 32, seed=0), _g(4, 8, 32, seed=1))),
+    "distillation.relational_loss": (distillation.relational_loss,
+                                     lambda: (_unit(8, 32, seed=0), _unit(8, 32, seed=1), _unit(24, 32, seed=2),
+                                              0.1, 0.04, _mask(24, seed=3) & (torch.arange(24) > 0))),
     # the loss computations that live in method files
     "moco_v3.ctr_loss": (ctr_loss, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), 0.2)),
     "npid.BankLoss": (_bank, lambda: (_g(8, 32, seed=0), _unit(8, 6, 32, seed=1))),

@@ -31,8 +31,8 @@ def _build(name: str, data, seed: int = 0):
 def test_forward_returns_typed_output(name):
     data = make_blobs(n=32, size=16)
     method, views = _build(name, data)
-    x, idx, _ = next(data.train.batches(16, shuffle=False))
-    out = method(ViewBatch(views(x, torch.Generator().manual_seed(0)), idx), StepContext(0, 10))
+    x, idx, y = next(data.train.batches(16, shuffle=False))
+    out = method(ViewBatch(views(x, torch.Generator().manual_seed(0)), idx, y), StepContext(0, 10))
     assert isinstance(out, MethodOutput)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
@@ -44,14 +44,14 @@ def test_few_steps_lower_the_loss(name):
     """Same fixed batch and views, a few optimizer steps: the loss goes down."""
     data = make_blobs(n=32, size=16)
     method, views = _build(name, data)
-    x, idx, _ = next(data.train.batches(32, shuffle=False))
+    x, idx, y = next(data.train.batches(32, shuffle=False))
     vs = views(x, torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     steps = int(getattr(METHODS.get(name), "test_steps", 15))
     for s in range(steps):
         ctx = StepContext(s, steps)
-        out = method(ViewBatch(vs, idx), ctx)
+        out = method(ViewBatch(vs, idx, y), ctx)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -65,9 +65,9 @@ def test_state_dict_round_trip(name):
     """Everything a method holds (weights and shared parts) is in its state_dict and restores exactly."""
     data = make_blobs(n=32, size=16)
     a, views = _build(name, data, seed=0)
-    x, idx, _ = next(data.train.batches(16, shuffle=False))
+    x, idx, y = next(data.train.batches(16, shuffle=False))
     vs = views(x, torch.Generator().manual_seed(0))
-    a(ViewBatch(vs, idx), StepContext(0, 10))
+    a(ViewBatch(vs, idx, y), StepContext(0, 10))
     update_parts(a, StepContext(0, 10))
     b, _ = _build(name, data, seed=1)
     b.load_state_dict(a.state_dict())

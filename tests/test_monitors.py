@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_blobs
+from conftest import make_blobs, save_npz, tiny_run_config
 
 from selfsup.backbones.base import build_backbone
-from selfsup.config import build_run_config
 from selfsup.engine.monitors import CollapseMonitor, CollapseWarning, embedding_stats, entropy_stats
 from selfsup.engine.rundir import list_checkpoints
 from selfsup.engine.trainer import pretrain
@@ -91,12 +90,9 @@ def collapsing_simclr(monkeypatch):
 
 
 def _cfg(tmp_path, stop: bool):
-    d = make_blobs(n=32, size=16)
-    np.savez(tmp_path / "b.npz", x_train=d.train.images.permute(0, 2, 3, 1).numpy(), y_train=d.train.labels.numpy())
-    return build_run_config({"method": {"name": "simclr", "proj_hidden_dim": 16, "proj_dim": 8},
-                             "data": {"path": str(tmp_path / "b.npz")}, "backbone": {"name": "convnet", "width": 0.25},
-                             "train": {"epochs": 2, "batch_size": 8, "device": "cpu", "log_every": 2,
-                                       "stop_on_collapse": stop}})
+    npz = save_npz(make_blobs(n=32, size=16), tmp_path / "b.npz")
+    return tiny_run_config("simclr", {"proj_hidden_dim": 16, "proj_dim": 8}, data=npz, optim={}, log_every=2,
+                           stop_on_collapse=stop)
 
 
 def test_trainer_logs_monitors_and_stops_on_collapse(tmp_path, collapsing_simclr):

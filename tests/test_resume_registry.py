@@ -1,9 +1,10 @@
 """Exact resume, generated from the method registry: every method's state survives a checkpoint/resume cycle.
 
 For each registered method (honouring its ``test_overrides`` / ``test_backbone``), 4 engine steps straight must
-equal 2 steps, a checkpoint, a fresh process-like rebuild and 2 more steps: the same final ``state_dict`` (weights
-and every buffer: queues, memory banks, EMA teachers, centres, prototypes), optimizer state, RNG state and the
-same logged losses. Also: the same seed and config give the same ``metrics.jsonl`` (timing fields aside).
+equal 2 steps, a checkpoint, a fresh process-like rebuild and 2 more steps that cross an epoch boundary: the same
+final ``state_dict`` (weights and every buffer: queues, memory banks, EMA teachers, centres, prototypes),
+optimizer state, RNG state and the same logged losses. Methods that take multi-crop run again with local crops.
+Also: the same seed and config give the same ``metrics.jsonl`` (timing fields aside).
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_blobs
+from conftest import make_blobs, tiny_run_config
 
-from selfsup.config import build_run_config
+from selfsup.config import ConfigError
 from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.rundir import list_checkpoints
 from selfsup.engine.trainer import pretrain
@@ -23,15 +24,12 @@ from selfsup.registry import METHODS
 TIMING = ("images_per_s", "time_s")
 
 
-def tiny_config(name: str, **train):
-    cls = METHODS.get(name)
-    raw = {
-        "method": {"name": name, **dict(getattr(cls, "test_overrides", {}))},
-        "backbone": {"name": getattr(cls, "test_backbone", "convnet"), "width": 0.25},
-        "train": {"epochs": 1, "batch_size": 8, "seed": 5, "device": "cpu", "log_every": 1, **train},
-        "optim": {"warmup_epochs": 0.5},
-    }
-    return build_run_config(raw)
+MULTICROP = [n for n in METHODS.names() if METHODS.get(n).supports_multicrop]
+
+
+def tiny_config(name: str, local_crops: int = 0, **train):
+    return tiny_run_config(name, augment={"local_crops": local_crops} if local_crops else None,
+                           **{"epochs": 1, "seed": 5, **train})
 
 
 def curve(run: Path) -> list[dict]:
@@ -56,19 +54,36 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert torch.equal(a["rng"]["aug"], b["rng"]["aug"]) and torch.equal(a["rng"]["torch"], b["rng"]["torch"])
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_resume_is_exact(name, tmp_path):
-    data = make_blobs(n=32, size=16)  # 4 steps per epoch at batch 8
+def check_resume_is_exact(name: str, tmp_path: Path, local_crops: int = 0) -> None:
+    data = make_blobs(n=24, size=16)  # 3 steps per epoch at batch 8: the resumed half crosses into epoch 2
     straight = tmp_path / "straight"
-    pretrain(tiny_config(name), straight, data=data, quiet=True)
+    pretrain(tiny_config(name, local_crops, epochs=2, max_steps=4), straight, data=data, quiet=True)
     split = tmp_path / "split"
-    first = pretrain(tiny_config(name, max_steps=2), split, data=data, quiet=True)
+    first = pretrain(tiny_config(name, local_crops, epochs=2, max_steps=2), split, data=data, quiet=True)
     assert first.steps == 2 and first.stopped == "max_steps"
-    second = pretrain(tiny_config(name), split, data=data, quiet=True, resume="auto")
+    second = pretrain(tiny_config(name, local_crops, epochs=2, max_steps=4), split, data=data, quiet=True,
+                      resume="auto")
     assert second.steps == 4
     assert_same_state(final(straight), final(split))
     assert curve(split) == curve(straight)
     assert [r["step"] for r in curve(split)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_resume_is_exact(name, tmp_path):
+    check_resume_is_exact(name, tmp_path)
+
+
+@pytest.mark.parametrize("name", MULTICROP)
+def test_resume_is_exact_with_local_crops(name, tmp_path):
+    check_resume_is_exact(name, tmp_path, local_crops=2)
+
+
+def test_memory_bank_resume_on_other_data_is_a_config_error(tmp_path):
+    """A memory bank is addressed by dataset index: resuming on a dataset of another size is refused."""
+    pretrain(tiny_config("npid", max_steps=2), tmp_path / "run", data=make_blobs(n=32, size=16), quiet=True)
+    with pytest.raises(ConfigError, match="data.path"):
+        pretrain(tiny_config("npid"), tmp_path / "run", data=make_blobs(n=48, size=16), quiet=True, resume=True)
 
 
 def test_same_seed_same_metrics(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_blobs
+from conftest import make_blobs, tiny_run_config
 
 from selfsup.cli.main import main
 from selfsup.config import build_run_config
@@ -35,10 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg(method: str = "simclr", method_opts: dict | None = None, **train):
-    t = {"epochs": 2, "batch_size": 8, "device": "cpu", "log_every": 1, "checkpoint_every": 1, **train}
-    return build_run_config({"method": {"name": method, **(method_opts or {})}, "data": {"path": "blobs"},
-                             "backbone": {"name": "convnet", "width": 0.25}, "optim": {"name": "sgd", "lr": 0.05},
-                             "train": t})
+    return tiny_run_config(method, method_opts, test_sizes=False, data="blobs", optim={"name": "sgd", "lr": 0.05},
+                           **{"checkpoint_every": 1, **train})
 
 
 def data():

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_blobs
+from conftest import make_blobs, tiny_run_config
 
 from selfsup.cli.main import main
-from selfsup.config import build_run_config
 from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.rundir import RunDirError, list_checkpoints
 from selfsup.engine.trainer import TrainingError, pretrain
@@ -23,9 +22,7 @@ BAD_STEP = 3
 
 
 def config(**train):
-    return build_run_config({"backbone": {"name": "convnet", "width": 0.25},
-                             "train": {"epochs": 2, "batch_size": 8, "device": "cpu", "log_every": 10,
-                                       "checkpoint_every": 1, **train}})
+    return tiny_run_config("simclr", test_sizes=False, optim={}, **{"log_every": 10, "checkpoint_every": 1, **train})
 
 
 @pytest.fixture

@@ -218,6 +218,12 @@ def load_method_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
                               f"({_state_diff(module, state) or _reason(e)})") from None
 
 
+def state_mismatch(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """Why ``state`` does not fit ``module`` in a few words (missing, unexpected, mis-shaped keys); "" when it
+    fits."""
+    return _state_diff(module, state)
+
+
 def _state_diff(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
@@ -237,22 +243,35 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(d.glob("step-*.pt"), reverse=True) if d.is_dir() else []
 
 
-def latest_checkpoint(run_dir: str | Path, *, verify: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint that loads; a damaged one is skipped with a warning."""
+def _newest_loading(run_dir: Path, mmap: bool = False) -> tuple[Path | None, Any, list[tuple[Path, str]]]:
+    """(path, checkpoint) of the newest checkpoint of ``run_dir`` that loads (None, None when none does), and
+    the (path, reason) of each newer one that did not."""
     cands = list_checkpoints(run_dir)
     if not cands:
         raise RunDirError(f"{run_dir}: no checkpoint found (expected {CHECKPOINT_DIR}/step-*.pt); "
                           "pretrain first with `selfsup pretrain --out` this directory")
-    errors = []
+    skipped: list[tuple[Path, str]] = []
     for p in cands:
         try:
-            return p, load_checkpoint(p)
+            return p, load_checkpoint(p, mmap=mmap), skipped
         except CheckpointError as e:
-            if not verify:
-                raise
-            errors.append(str(e))
-            warnings.warn(f"skipping damaged checkpoint {p.name}: {e}", stacklevel=2)
-    raise RunDirError(f"{run_dir}: no readable checkpoint ({errors[0]})")
+            skipped.append((p, str(e)))
+    return None, None, skipped
+
+
+def _warn_skipped(skipped: list[tuple[Path, str]]) -> None:
+    for bad, msg in skipped:
+        warnings.warn(f"skipping damaged checkpoint {bad.name}: {msg}", stacklevel=3)
+
+
+def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint that loads, as it is (no check that it is a selfsup one: the studies and figures
+    read their own runs); a damaged one is skipped with a warning."""
+    path, ckpt, skipped = _newest_loading(Path(run_dir))
+    _warn_skipped(skipped)
+    if path is None:
+        raise RunDirError(f"{run_dir}: no readable checkpoint ({skipped[0][1]})")
+    return path, ckpt
 
 
 def load_run_checkpoint(run_dir: str | Path, *, resume: bool = False,
@@ -261,19 +280,9 @@ def load_run_checkpoint(run_dir: str | Path, *, resume: bool = False,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory not found: {run_dir}")
-    cands = list_checkpoints(run_dir)
-    if not cands:
-        raise RunDirError(f"{run_dir}: no checkpoint found (expected {CHECKPOINT_DIR}/step-*.pt); "
-                          "pretrain first with `selfsup pretrain --out` this directory")
-    skipped: list[tuple[Path, str]] = []
-    for p in cands:
-        try:
-            ckpt = load_checkpoint(p, mmap=mmap)
-        except CheckpointError as e:
-            skipped.append((p, str(e)))
-            continue
-        for bad, msg in skipped:  # only now: when nothing loads, the error below says it once
-            warnings.warn(f"skipping damaged checkpoint {bad.name}: {msg}", stacklevel=2)
-        return p, check_checkpoint(ckpt, p, resume=resume)
-    more = f" (and {len(skipped) - 1} older ones)" if len(skipped) > 1 else ""
-    raise CheckpointError(f"no readable checkpoint in {run_dir}: {skipped[0][1]}{more}")
+    path, ckpt, skipped = _newest_loading(run_dir, mmap)
+    if path is None:
+        more = f" (and {len(skipped) - 1} older ones)" if len(skipped) > 1 else ""
+        raise CheckpointError(f"no readable checkpoint in {run_dir}: {skipped[0][1]}{more}")
+    _warn_skipped(skipped)  # only now: when nothing loads, the error above says it once
+    return path, check_checkpoint(ckpt, path, resume=resume)

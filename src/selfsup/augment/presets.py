@@ -16,7 +16,9 @@ Rules shared by every preset:
 
 The presets follow the authors' released augmentations: SimCLR (Chen et al. 2020, Appendix A), InstDisc / MoCo
 v1 (Wu et al. 2018; He et al. 2020), MoCo v2's aug+ (Chen et al. 2020), BYOL's asymmetric pair (Grill et al.
-2020, Table 6; also used by MoCo v3, Barlow Twins and VICReg) and multi-crop (Caron et al. 2020 / 2021).
+2020, Table 6; also used by MoCo v3, Barlow Twins and VICReg), multi-crop (Caron et al. 2020 / 2021), ReSSL's
+strong/weak pair (Zheng et al. 2021: the EMA teacher sees a crop-and-flip view), MMCR's many SimCLR views (Yerxa
+et al. 2023) and EMP-SSL's fixed-size patches (Tong et al. 2023).
 """
 from __future__ import annotations
 
@@ -66,7 +68,8 @@ class Preset:
     """Template views (their ``size`` is a placeholder) and how many of each a pipeline has by default.
 
     ``overridable=False``: the transformation fields do not apply (``none``: the image itself); the view count
-    and size still do.
+    and size still do. ``size_ratio``: the views' default size as a fraction of the image size (EMP-SSL's
+    patches keep their native resolution); ``augment.size`` overrides it.
     """
 
     views: tuple[ViewSpec, ...]
@@ -74,12 +77,15 @@ class Preset:
     local: ViewSpec | None = None
     local_crops: int = 0
     overridable: bool = True
+    size_ratio: float = 1.0
 
     def build(self, o: ViewOverrides, image_size: int, mean: Sequence[float], std: Sequence[float]
               ) -> MultiViewPipeline:
         n = o.n_views if o.n_views is not None else self.n_views
         if n < 1:
             raise ConfigError(f"augment.n_views must be >= 1, got {n}")
+        if o.size is None and self.size_ratio != 1.0:
+            image_size = max(1, round(self.size_ratio * image_size))
         specs = [override(v, o, image_size) if self.overridable else replace(v, size=image_size) for v in self.views]
         n_local = o.local_crops if o.local_crops is not None else self.local_crops
         local = None
@@ -126,7 +132,12 @@ BYOL_1 = ViewSpec(size=_T, crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), 
 BYOL_2 = replace(BYOL_1, blur_p=0.1, solarize_p=0.2)
 LOCAL = replace(BYOL_1, crop_scale=(LOCAL_SCALE_MIN, 0.25), blur_p=0.5)
 CROP_FLIP = ViewSpec(size=_T, crop_scale=(0.35, 1.0), jitter_p=0.0, grayscale_p=0.0)
+WEAK = ViewSpec(size=_T, crop_scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0)  # ReSSL's teacher view
 IDENTITY = ViewSpec(size=_T, crop=False, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+# EMP-SSL (Tong et al. 2023, the authors' code): square crops of exactly 1/4 of the image area, flip, jitter
+# (0.4, 0.4, 0.4, 0.2) p 0.8, grayscale 0.2, blur 0.1, solarise 0.1
+EMP_PATCH = ViewSpec(size=_T, crop_scale=(0.25, 0.25), crop_ratio=(1.0, 1.0), jitter=(0.4, 0.4, 0.4, 0.2),
+                     blur_p=0.1, solarize_p=0.1)
 
 _BYOL = Preset((BYOL_1, BYOL_2), local=LOCAL)
 PRESETS: dict[str, tuple[Preset, str]] = {
@@ -141,6 +152,14 @@ PRESETS: dict[str, tuple[Preset, str]] = {
     "multicrop": (Preset((replace(BYOL_1, crop_scale=(0.25, 1.0)), replace(BYOL_2, crop_scale=(0.25, 1.0))),
                          local=LOCAL, local_crops=6),
                   "2 global crops (0.25-1) + 6 local crops of half size (0.05-0.25)"),
+    # statistical / coding-rate objectives (docs/statistical.md)
+    "mmcr": (Preset((SIMCLR,), n_views=8),
+             "MMCR: 8 SimCLR views per image (the paper's CIFAR views, 8 of its 40; no blur at 32 px)"),
+    "emp-ssl": (Preset((EMP_PATCH,), n_views=20, size_ratio=0.5),
+                "EMP-SSL: 20 fixed-size square patches (1/4 of the area) at their native resolution"),
+    "fastsiam": (Preset((SIMCLR,), n_views=4), "FastSiam: the simclr preset's views, 4 per image"),
+    "ressl": (Preset((replace(SIMCLR, crop_scale=(0.2, 1.0)), WEAK)),
+              "ReSSL: view 1 MoCo v2's aug+ (the student's), view 2 weak: crop 0.2-1 and flip only (the teacher's)"),
     "crop-flip": (Preset((CROP_FLIP,), n_views=1), "random resized crop and flip only (pretext tasks, MAE)"),
     "none": (Preset((IDENTITY,), n_views=1, overridable=False), "no augmentation: the image itself, normalised"),
 }

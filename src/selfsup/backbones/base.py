@@ -11,7 +11,8 @@ subclasses override:
   extraction convert images and weights when it is set;
 - ``supports_attention`` and :meth:`Backbone.get_last_attention`: CLS → patch attention maps (ViTs);
 - ``export_key_names`` and :meth:`Backbone.export_state_dict`: the weights under another library's names
-  ("torchvision" for the ResNets, "timm" for the ViT; "selfsup": our own ``state_dict``);
+  ("torchvision" for the ResNets, "timm" for the ViT; "selfsup": our own ``state_dict``), and
+  :meth:`Backbone.import_state_dict`, its inverse (``backbone.init``: starting from such a file);
 - :meth:`Backbone.layer_decay_groups` and ``layer_decay_rule``: parameter groups for layer-wise lr decay
   (fine-tuning); the default treats top-level children as layers, ViTs group by transformer block.
 """
@@ -72,6 +73,11 @@ class Backbone(nn.Module):
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights under the names ``export_key_names`` says (our own ``state_dict`` by default)."""
         return self.state_dict()
+
+    def import_state_dict(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inverse of :meth:`export_state_dict`: weights under ``export_key_names``' names (a torchvision or
+        timm file, or our export) renamed to this backbone's ``state_dict`` names (unchanged by default)."""
+        return dict(weights)
 
     def layer_decay_groups(self, lr: float, decay: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """Optimizer parameter groups whose lr decays by ``decay`` per layer from the top (``layer_decay_rule``)."""

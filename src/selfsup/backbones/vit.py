@@ -235,6 +235,18 @@ class ViT(Backbone):
         out["pos_embed"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
         return out
 
+    def import_state_dict(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """timm's names back to ours; a learned ``pos_embed`` loses its CLS slot. A sin-cos ViT keeps no
+        position embedding in its state, so a file's ``pos_embed`` stays under its name (reported unexpected)."""
+        own = self.state_dict()
+        out: dict[str, torch.Tensor] = {}
+        for k, v in weights.items():
+            if k == "pos_embed" and "pos_embed" in own and v.ndim == 3 and v.shape[1] == own[k].shape[1] + 1:
+                v = v[:, 1:]
+            k = k.replace("patch_embed.proj.", "patch_embed.").replace(".mlp.fc1.", ".mlp.0.")
+            out[k.replace(".mlp.fc2.", ".mlp.2.")] = v
+        return out
+
     # -- attention --------------------------------------------------------------------------------------
     @torch.no_grad()
     def get_last_attention(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ FLAG_KEYS = {
     "seed": ("train", "seed"), "device": ("train", "device"), "checkpoint_every": ("train", "checkpoint_every"),
     "lr": ("optim", "lr"), "optimizer": ("optim", "name"), "compile": ("train", "compile"),
     "time_limit_min": ("train", "time_limit_min"), "knn_every": ("train", "knn_every"),
-    "stop_on_collapse": ("train", "stop_on_collapse"),
+    "stop_on_collapse": ("train", "stop_on_collapse"), "init": ("backbone", "init"),
 }
 
 
@@ -77,6 +77,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="backbone name, e.g. resnet18")
     p.add_argument("--width", type=float, help="backbone width multiplier (0.25 is the CPU size)")
     p.add_argument("--cifar-stem", action="store_true", default=None, help="3x3 stride-1 stem, no max-pool")
+    p.add_argument("--init", metavar="FILE",
+                   help="start the backbone from these weights: a torchvision/timm state dict (.pth/.pt), a "
+                        ".safetensors file or a selfsup export (classifier dropped; unmatched keys reported)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--time-limit-min", type=float, help="wall-clock budget in minutes (sizes the schedule)")

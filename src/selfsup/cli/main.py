@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     from .study import add_parser as add_study_parser
     add_study_parser(sub)
+    from .embed import add_parser as add_embed_parsers  # embed, neighbors
+    add_embed_parsers(sub)
     from . import classify, select
     select.add_parser(sub)
     classify.add_parsers(sub)

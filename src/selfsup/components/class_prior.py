@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SharedPart, StepContext
+from .base import SharedPart, Staged, StepContext
 from .gather import all_reduce_sum_
 
 
@@ -24,26 +24,25 @@ class ClassPrior(SharedPart):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.register_buffer("counts", torch.zeros(num_classes))
-        self._staged: torch.Tensor | None = None  # counts including this step's targets; not checkpointed
+        self._staged = Staged()  # this step's (1, Q) target sums, one row per call; not checkpointed
 
     @torch.no_grad()
     def observe(self, targets: torch.Tensor) -> None:
         """Stage target distributions ``(N, Q)`` (rows sum to 1); :meth:`after_step` adds them to ``counts``."""
-        base = self.counts if self._staged is None else self._staged
-        self._staged = base + all_reduce_sum_(targets.detach().float().sum(dim=0))  # torchrun: every rank's targets
+        self._staged.add(all_reduce_sum_(targets.detach().float().sum(dim=0, keepdim=True)))  # every rank's
+
+    def _with_staged(self) -> torch.Tensor:
+        staged = self._staged.peek()
+        return self.counts if staged is None else self.counts + staged[0].sum(dim=0)
 
     def after_step(self, ctx: StepContext) -> None:
-        if self._staged is not None:
-            self.counts.copy_(self._staged)
-            self._staged = None
-
-    def discard_staged(self) -> None:
-        """A skipped step: its targets never reach the counts."""
-        self._staged = None
+        if len(self._staged):
+            self.counts.copy_(self._with_staged())
+            self._staged.clear()
 
     def probs(self) -> torch.Tensor:
         """The prior (Q,) with this step's observations; uniform before any."""
-        counts = self.counts if self._staged is None else self._staged
+        counts = self._with_staged()
         total = counts.sum()
         uniform = torch.full_like(counts, 1.0 / counts.numel())
         return torch.where(total > 0, counts / total.clamp_min(1e-12), uniform)  # no host sync

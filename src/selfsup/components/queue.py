@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import SharedPart, StepContext
+from .base import SharedPart, Staged, StepContext
 
 
 class FeatureQueue(SharedPart):
@@ -35,7 +35,7 @@ class FeatureQueue(SharedPart):
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("ids", torch.full((size,), -1, dtype=torch.long))
-        self._staged: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # not checkpointed: empty after a step
+        self._staged = Staged()  # not checkpointed: empty after a step
 
     @property
     def size(self) -> int:
@@ -43,13 +43,14 @@ class FeatureQueue(SharedPart):
 
     @torch.no_grad()
     def push(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> None:
-        """Enqueue ``x`` (B, dim), B <= size, and optionally ``ids`` (B,); the oldest B rows leave."""
+        """Enqueue ``x`` (B, dim) and optionally ``ids`` (B,); the oldest B rows leave. For B > size (the
+        micro-batches of one step together) only the newest ``size`` rows stay, where B pushes of one row each
+        would leave them."""
         b = x.shape[0]
-        if b > self.size:
-            raise ValueError(f"cannot push {b} rows into a queue of size {self.size}")
-        idx = (self.ptr + torch.arange(b, device=x.device)) % self.size
-        self.rows[idx] = x.detach().to(self.rows.dtype)
-        self.ids[idx] = ids.to(self.ids) if ids is not None else -1
+        keep = min(b, self.size)
+        idx = (self.ptr + b - keep + torch.arange(keep, device=x.device)) % self.size
+        self.rows[idx] = x[b - keep:].detach().to(self.rows.dtype)
+        self.ids[idx] = ids[b - keep:].to(self.ids) if ids is not None else -1
         self.ptr.copy_((self.ptr + b) % self.size)
         self.filled.copy_(torch.clamp(self.filled + b, max=self.size))
 
@@ -57,16 +58,13 @@ class FeatureQueue(SharedPart):
         """Remember rows ``x`` (B, dim) (and ``ids``) for :meth:`after_step`, which pushes them."""
         if x.shape[0] > self.size:
             raise ValueError(f"cannot push {x.shape[0]} rows into a queue of size {self.size}")
-        self._staged.append((x.detach(), ids.detach() if ids is not None else None))
+        self._staged.add(x, ids if ids is not None else torch.full((x.shape[0],), -1, dtype=torch.long,
+                                                                     device=x.device))
 
     def after_step(self, ctx: StepContext) -> None:
-        staged, self._staged = self._staged, []
-        for x, ids in staged:
-            self.push(x, ids)
-
-    def discard_staged(self) -> None:
-        """A skipped step: its rows never reach the queue."""
-        self._staged = []
+        staged = self._staged.take()
+        if staged is not None:
+            self.push(*staged)
 
     def valid(self) -> torch.Tensor:
         """The rows written so far (all rows once the queue is full)."""

@@ -19,7 +19,8 @@ import torch
 from .base import DataError, ImageDataset, InMemorySplit
 from .scan import IMAGE_EXTENSIONS, scan_folder
 
-__all__ = ["IMAGE_EXTENSIONS", "BadImage", "decode_image", "folder_channels", "load_folder", "scan_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "BadImage", "decode_image", "folder_channels", "load_folder", "scan_folder",
+           "square_array"]
 
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding (decompression-bomb guard)
 MAX_ASPECT = 100  # a longer side over 100x the shorter is refused before decoding (a 1-px strip, not a photo)
@@ -85,16 +86,24 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
             if im.format == "JPEG":
                 im.draft(mode, (size, size))
             _check_pixels(*im.size)
-            im = _to_8bit(im).convert(mode)
-            w, h = im.size
-            side = min(w, h)
-            left, top = (w - side) / 2, (h - side) / 2
-            im = im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=None)
-            arr = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
+            return square_array(im, size, channels)
     except BadImage:
         raise
     except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), DecompressionBombError ...
         raise BadImage(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def square_array(im, size: int, channels: int) -> np.ndarray:
+    """A decoded PIL image as uint8 (channels, size, size): the centred square crop, resized (bilinear), the way
+    every folder image is read (so an image given in memory matches the same file read from a folder)."""
+    from PIL import Image
+
+    im = _to_8bit(im).convert("L" if channels == 1 else "RGB")
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    im = im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=None)
+    arr = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

@@ -17,6 +17,7 @@ from ..config import RunConfig
 from ..data import ImageDataset, load_dataset
 from ..errors import ConfigError
 from ..methods.base import Method, build_method
+from .init_weights import InitReport, load_init_weights
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,6 +39,7 @@ class Built:
     method: Method
     views: MultiViewPipeline
     device: torch.device
+    init: InitReport | None = None  # what ``backbone.init`` loaded (a fresh pretraining run only)
 
 
 def method_class(cfg: RunConfig) -> type[Method]:
@@ -59,21 +61,38 @@ def build_backbone_for(cfg: RunConfig, channels: int, image_size: int) -> Backbo
                           image_size=image_size, patch_size=b.patch_size)
 
 
-def build_method_for(cfg: RunConfig, channels: int, image_size: int, num_train: int) -> Method:
-    """Backbone and method from ``cfg``, with the weights initialised from ``cfg.train.seed`` (on the CPU)."""
+def build_method_for(cfg: RunConfig, channels: int, image_size: int, num_train: int,
+                     reports: list[InitReport] | None = None) -> Method:
+    """Backbone and method from ``cfg``, with the weights initialised from ``cfg.train.seed`` (on the CPU).
+
+    With ``reports`` (a list; pretraining's fresh start only) the backbone first loads ``cfg.backbone.init``,
+    before the method is built around it (so a momentum teacher copies the loaded weights), and what it loaded
+    is appended to ``reports``. Rebuilding a saved run passes none: its checkpoint holds the weights."""
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone_for(cfg, channels, image_size)
+    if reports is not None and cfg.backbone.init is not None:
+        reports.append(load_init_weights(backbone, cfg.backbone.init, cfg.backbone.name))
     return build_method(cfg.method, backbone, num_train=num_train)
 
 
-def build_run(cfg: RunConfig, data: ImageDataset | None = None, device: torch.device | None = None) -> Built:
-    """Dataset, backbone, method and view pipeline from ``cfg``, the method on ``device``."""
+def check_pretraining_data(cfg: RunConfig, data: ImageDataset) -> None:
+    """A method that declares ``needs_labels`` (a supervised reference) pretrains only on labelled data."""
+    if method_class(cfg).needs_labels and data.train.labels is None:
+        raise ConfigError(f"method.name: '{method_name(cfg)}' trains on class labels (a supervised reference) and "
+                          f"the training split of '{data.name}' has none; use a labelled dataset")
+
+
+def build_run(cfg: RunConfig, data: ImageDataset | None = None, device: torch.device | None = None, *,
+              init: bool = False) -> Built:
+    """Dataset, backbone, method and view pipeline from ``cfg``, the method on ``device``; ``init``: start the
+    backbone from ``cfg.backbone.init`` (a fresh pretraining run)."""
     data = data or load_data(cfg)
     device = device or resolve_device(cfg.train.device)
     size = data.image_size[0]
-    method = build_method_for(cfg, data.channels, size, data.train.num_images)
+    reports: list[InitReport] | None = [] if init else None
+    method = build_method_for(cfg, data.channels, size, data.train.num_images, reports)
     views = method.make_views(size, data.mean, data.std, cfg.augment)
-    return Built(cfg, data, method.to(device), views, device)
+    return Built(cfg, data, method.to(device), views, device, reports[0] if reports else None)
 
 
 def method_name(cfg: RunConfig) -> str:

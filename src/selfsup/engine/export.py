@@ -1,19 +1,21 @@
-"""Export a run's backbone so that it loads without selfsup: safetensors (or a plain ``.pt`` state dict).
+"""Export a run's backbone so that it loads without selfsup: safetensors, a plain ``.pt`` state dict, a
+timm / torchvision folder (``config.json`` + ``model.safetensors``) or ONNX (engine/export_formats.py).
 
 The weights are those of ``method.eval_backbone()`` (the encoder that evaluation measures: the online network,
 or the teacher for methods that evaluate their teacher), from the run's newest readable checkpoint. Key names:
 
-- ResNets use torchvision's names (``conv1.weight``, ``layer1.0.bn1.running_mean`` ...), so
-  ``torchvision.models.resnet18()`` loads them with ``strict=True`` once its ``fc`` is replaced by
+- ResNets use torchvision's names (``conv1.weight``, ``layer1.0.bn1.running_mean`` ...), which are also timm's,
+  so ``torchvision.models.resnet18()`` loads them with ``strict=True`` once its ``fc`` is replaced by
   ``nn.Identity()`` (there is no classifier: self-supervised training has none). With ``cifar_stem`` also
   replace ``conv1`` by a 3x3 stride-1 convolution and ``maxpool`` by ``nn.Identity()``. Only width 1 matches
   torchvision's layer shapes; other widths export with the same key names and the metadata records the width.
 - A backbone declares ``export_key_names`` and ``export_state_dict()`` (:class:`~selfsup.backbones.base.Backbone`):
   the ResNets say "torchvision", the ViT maps its weights to timm's names ("timm"), every other backbone
-  exports its ``state_dict()`` ("selfsup").
+  exports its ``state_dict()`` ("selfsup"). ``import_state_dict()`` is the inverse (``pretrain --init``).
 
 Metadata (architecture, width, stem, input channels, feature size, image size, normalisation mean/std, method,
-step) goes in the safetensors header under the key ``selfsup`` as JSON, or in ``FILE.json`` beside a ``.pt``.
+step) goes in the safetensors header under the key ``selfsup`` as JSON, in ``FILE.json`` beside a ``.pt``, in
+``config.json`` (key ``selfsup``) of the timm folder, and in an ONNX model's ``metadata_props``.
 """
 from __future__ import annotations
 
@@ -25,16 +27,22 @@ from typing import Any
 import torch
 
 from ..backbones.base import Backbone
+from .export_formats import (
+    ExportError,
+    check_timm_exportable,
+    is_export_folder,
+    onnx_module,
+    read_onnx_metadata,
+    write_onnx,
+    write_timm_folder,
+)
 from .run_access import check_writable, load_run_checkpoint, rebuild_method, saved_config
-from .rundir import RunDirError
 
 __all__ = ["FORMATS", "ExportError", "export_backbone", "read_export_metadata", "rebuild_method"]
 
-FORMATS = ("safetensors", "pt")
-
-
-class ExportError(RunDirError):
-    """The run cannot be exported as asked (unknown format, missing optional package); the message says why."""
+FORMATS = ("safetensors", "pt", "timm", "onnx")
+DEFAULT_NAMES = {"safetensors": "backbone.safetensors", "pt": "backbone.pt", "timm": "backbone-timm",
+                 "onnx": "backbone.onnx"}
 
 
 def backbone_weights(backbone: Backbone) -> dict[str, torch.Tensor]:
@@ -63,27 +71,48 @@ def export_metadata(ckpt: dict[str, Any], backbone: Backbone) -> dict[str, Any]:
 
 
 def export_backbone(run_dir: str | Path, fmt: str = "safetensors", out: str | Path | None = None) -> Path:
-    """Write the run's backbone weights to ``out`` (default ``RUN/backbone.<fmt>``); returns the path."""
+    """Write the run's backbone to ``out`` (default ``RUN/backbone.<fmt>``, ``RUN/backbone-timm/`` for the timm
+    folder); returns the path."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"run directory not found: {run_dir}")
-    path = Path(out) if out is not None else run_dir / f"backbone.{'safetensors' if fmt == 'safetensors' else 'pt'}"
-    if fmt == "safetensors":
-        try:
-            from safetensors.torch import save_file
-        except ImportError:
-            raise ExportError("--format safetensors needs the safetensors package: pip install 'selfsup[safetensors]'"
-                              " (or use --format pt)") from None
-    check_writable(path, "the export")
+    path = Path(out) if out is not None else run_dir / DEFAULT_NAMES[fmt]
+    _check_packages(fmt)
+    if fmt == "timm" and path.exists() and not is_export_folder(path):
+        raise ExportError(f"cannot write the export {path}: it exists and is not an earlier export folder")
+    if not (fmt == "timm" and path.exists()):
+        check_writable(path, "the export")
     ckpt_path, ckpt = load_run_checkpoint(run_dir)
     backbone = rebuild_method(ckpt, ckpt_path).eval_backbone()
-    weights = backbone_weights(backbone)
     meta = export_metadata(ckpt, backbone)
+    if fmt == "timm":
+        check_timm_exportable(meta)
+        return write_timm_folder(path, backbone_weights(backbone), meta)
+    if fmt == "onnx":
+        return write_onnx(path, backbone, meta)
+    return _write_file(path, fmt, backbone_weights(backbone), meta)
+
+
+def _check_packages(fmt: str) -> None:
+    """The optional package a format needs, before any work (one line naming it)."""
+    if fmt in ("safetensors", "timm"):
+        try:
+            import safetensors.torch  # noqa: F401
+        except ImportError:
+            raise ExportError(f"--format {fmt} needs the safetensors package: pip install 'selfsup[safetensors]'"
+                              " (or use --format pt)") from None
+    if fmt == "onnx":
+        onnx_module()
+
+
+def _write_file(path: Path, fmt: str, weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if fmt == "safetensors":
+            from safetensors.torch import save_file
+
             save_file(weights, str(tmp), metadata={"selfsup": json.dumps(meta), "format": "pt"})
         else:
             torch.save(weights, tmp)
@@ -96,8 +125,13 @@ def export_backbone(run_dir: str | Path, fmt: str = "safetensors", out: str | Pa
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata of an exported file (safetensors header, or the ``.json`` beside a ``.pt``)."""
+    """The metadata of an export (safetensors header, the ``.json`` beside a ``.pt``, the folder's
+    ``config.json``, the ONNX model's ``metadata_props``)."""
     path = Path(path)
+    if path.is_dir():
+        return json.loads((path / "config.json").read_text())["selfsup"]
+    if path.suffix == ".onnx":
+        return read_onnx_metadata(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 

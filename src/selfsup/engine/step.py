@@ -42,10 +42,11 @@ class Stepper:
         self.snapshot = BufferSnapshot(self.method) if self.skip_non_finite else None
 
 
-def forward_backward(s: Stepper, x: torch.Tensor, idx: torch.Tensor, ctx: StepContext, aug_gen: torch.Generator
-                     ) -> tuple[torch.Tensor, MethodOutput]:
+def forward_backward(s: Stepper, x: torch.Tensor, idx: torch.Tensor, ctx: StepContext, aug_gen: torch.Generator,
+                     labels: torch.Tensor | None = None) -> tuple[torch.Tensor, MethodOutput]:
     """Gradients of the batch's loss, accumulated over ``s.accum`` micro-batches; returns the (detached, fp32)
-    loss and the last micro-batch's output."""
+    loss and the last micro-batch's output. ``labels`` reach the method only when it declares ``needs_labels``."""
+    labels = labels if s.method.needs_labels else None
     loss = torch.zeros((), device=s.device)
     for i in range(s.accum):  # gradient accumulation: micro-batches of `micro` images per rank
         part = slice(i * s.micro, (i + 1) * s.micro) if s.accum > 1 else slice(None)
@@ -53,7 +54,7 @@ def forward_backward(s: Stepper, x: torch.Tensor, idx: torch.Tensor, ctx: StepCo
             vs = s.views(x[part], aug_gen)
             if s.channels_last:
                 vs = [v.contiguous(memory_format=torch.channels_last) for v in vs]
-            out = s.forward(ViewBatch(vs, idx[part]), ctx)
+            out = s.forward(ViewBatch(vs, idx[part], labels[part] if labels is not None else None), ctx)
         micro_loss = out.loss if s.accum == 1 else out.loss / s.accum
         micro_loss.backward()
         loss = loss + micro_loss.detach().float()
@@ -61,15 +62,17 @@ def forward_backward(s: Stepper, x: torch.Tensor, idx: torch.Tensor, ctx: StepCo
 
 
 def train_step(s: Stepper, state: TrainState, x: torch.Tensor, idx: torch.Tensor, ctx: StepContext,
-               lr: float) -> MethodOutput:
-    """One step at learning rate ``lr`` (``state.step`` is the step being taken; the caller advances it)."""
+               lr: float, labels: torch.Tensor | None = None) -> MethodOutput:
+    """One step at learning rate ``lr`` (``state.step`` is the step being taken; the caller advances it);
+    ``labels`` (B,) the batch's class labels, passed on to a method that declares ``needs_labels``."""
     for g in s.optimizer.param_groups:
         g["lr"] = lr
     x, idx = x.to(s.device, non_blocking=True), idx.to(s.device)
+    labels = labels.to(s.device) if labels is not None else None
     if s.snapshot is not None:
         s.snapshot.take()
     s.optimizer.zero_grad(set_to_none=True)
-    loss, out = forward_backward(s, x, idx, ctx, state.aug_gen)
+    loss, out = forward_backward(s, x, idx, ctx, state.aug_gen, labels)
     D.average_gradients(s.params, s.dctx)
     gnorm = torch.nn.utils.clip_grad_norm_(s.params, s.grad_clip) if s.grad_clip else grad_norm(s.params)
     code = bad_code(loss, gnorm)  # 0, or what went non-finite (loss or gradient), on the device

@@ -26,10 +26,11 @@ from ..config import RunConfig
 from ..data import ImageDataset
 from . import distributed as D
 from .budget import Budget
-from .build import build_run, load_data, method_class, method_name, resolve_device
+from .build import build_run, check_pretraining_data, load_data, method_class, method_name, resolve_device
 from .callbacks import Callback, CollapseCallback, RunView
 from .checkpoint import fsync_path, load_method_state, save_checkpoint
 from .compile import SafeCompiled
+from .init_weights import InitReport, check_init_file
 from .lock import RunLock
 from .logging import MetricsLogger
 from .nonfinite import KIND, all_skipped_message, tensors_finite
@@ -131,13 +132,19 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
            dctx: D.DistContext, dist_device: torch.device | None, views: MultiViewPipeline | None,
            callbacks: list[Callback], lock: RunLock | None = None) -> Run:
     """Run directory, resolved config, model, optimizer, state (restored when resuming) and config.yaml."""
+    if not resume:
+        check_init_file(cfg.backbone.init)  # before the run directory is made
     run_dir = D.rank0_call(dctx, lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite, lock=lock))
     data = data or load_data(cfg)
     device = dist_device or resolve_device(cfg.train.device)
     cfg = resolve_config(cfg, method_class(cfg), data, device)
+    check_pretraining_data(cfg, data)
     t, o = cfg.train, cfg.optim
-    b = build_run(cfg, data, device)
+    found = find_resume_checkpoint(run_dir) if resume else None
+    b = build_run(cfg, data, device, init=found is None)  # backbone.init: a fresh start only, never over a checkpoint
     method = b.method
+    if b.init is not None:
+        _report_init(run_dir, b.init, dctx, quiet)
     micro = D.check_batch(t.batch_size, dctx, t.grad_accum_steps, has_batch_norm(method))
     if dctx.enabled:
         if t.sync_bn:
@@ -152,7 +159,7 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     aug_gen = torch.Generator(device=device)
     aug_gen.manual_seed(t.seed + 1 + dctx.rank)  # one augmentation stream per rank (rank 0: the 1-process one)
     state = TrainState(device, aug_gen, total_steps=max(1, t.epochs * spe))
-    finished = _restore(run_dir, resume, cfg, data, method, optimizer, state, dctx, quiet)
+    finished = _restore(run_dir, resume, found, cfg, data, method, optimizer, state, dctx, quiet)
     if dctx.is_main and state.step == 0:  # a resumed run keeps its config.yaml (resumes.jsonl: what changed)
         write_config(run_dir, cfg.to_dict())
     forward: Any = method
@@ -167,12 +174,23 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
                skipped_before=state.skipped)
 
 
-def _restore(run_dir: Path, resume: bool, cfg: RunConfig, data: ImageDataset, method: torch.nn.Module,
-             optimizer: torch.optim.Optimizer, state: TrainState, dctx: D.DistContext, quiet: bool) -> str | None:
-    """Load the newest checkpoint into the model, the optimizer and ``state`` when resuming, after checking that
-    it was trained with this config and data (engine/resume.py). Returns the line to print when the run has
-    nothing left to do (its files stay unchanged)."""
-    found = find_resume_checkpoint(run_dir) if resume else None
+def _report_init(run_dir: Path, report: InitReport, dctx: D.DistContext, quiet: bool) -> None:
+    """What ``backbone.init`` loaded: one line (a warning when a key did not match), all of it in init.json."""
+    if not dctx.is_main:
+        return
+    write_json(run_dir / "init.json", report.to_dict())
+    if not report.complete:
+        warnings.warn(report.summary(), stacklevel=3)
+    elif not quiet:
+        print(report.summary(), file=sys.stderr)
+
+
+def _restore(run_dir: Path, resume: bool, found: tuple[Path, dict[str, Any]] | None, cfg: RunConfig,
+             data: ImageDataset, method: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+             dctx: D.DistContext, quiet: bool) -> str | None:
+    """Load the newest checkpoint (``found``, when resuming) into the model, the optimizer and ``state``, after
+    checking that it was trained with this config and data (engine/resume.py). Returns the line to print when
+    the run has nothing left to do (its files stay unchanged)."""
     if resume and found is None:
         if dctx.is_main:
             truncate_metrics(run_dir, 0)
@@ -223,11 +241,11 @@ def _train(run: Run) -> TrainResult:
         while s.step < run.last_step() and stopped == "done":
             epoch = s.step // run.spe
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
-            for x, idx, _ in D.rank_batches(run.data.train, t.batch_size, dctx, generator=gen,
+            for x, idx, y in D.rank_batches(run.data.train, t.batch_size, dctx, generator=gen,
                                             start_batch=s.step % run.spe):
                 run.mid_step = True
                 ctx = StepContext(step=s.step, total_steps=s.total_steps, epoch=epoch, steps_per_epoch=run.spe)
-                out = train_step(run.stepper, s, x, idx, ctx, run.schedule(s.step))
+                out = train_step(run.stepper, s, x, idx, ctx, run.schedule(s.step), y)
                 s.step += 1
                 run.mid_step = False
                 run.window[1] += x.shape[0] * dctx.world

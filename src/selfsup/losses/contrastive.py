@@ -1,4 +1,4 @@
-"""Contrastive losses: one InfoNCE kernel, NT-Xent (SimCLR) as its in-batch special case.
+"""Contrastive losses: one InfoNCE kernel, NT-Xent (SimCLR) as its in-batch special case, NNCLR's loss.
 
 Chen et al. 2020 (SimCLR), "A Simple Framework for Contrastive Learning of Visual Representations":
 for 2N L2-normalised embeddings, the loss of anchor i with positive j is
@@ -80,3 +80,26 @@ def nce_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, log_norm: torch
 def nce_log_norm(neg_logits: torch.Tensor) -> torch.Tensor:
     """``c = log(m · mean exp(neg_logits))`` from (N, m) noise logits: NPID's normaliser estimate (a 0-d tensor)."""
     return torch.logsumexp(neg_logits.detach().float().flatten(), 0) - math.log(neg_logits.shape[0])
+
+
+@fp32_loss
+def nnclr_loss(nn1: torch.Tensor, nn2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
+               temperature: float = 0.1) -> torch.Tensor:
+    """NNCLR (Dwibedi et al. 2021, Eq. 2 and Algorithm 1): ``L(NN1, p2)/2 + L(NN2, p1)/2``, symmetric.
+
+    nn1, nn2: (N, D) nearest neighbours in the support set of views 1 and 2 (constants: detached here);
+    p1, p2: (N, D) predictions of views 1 and 2; all normalised here. ``L(nn, p)`` is the cross-entropy of each
+    ``nn_i`` over ``exp(nn_i·p_k/τ)``, k over the N predictions of the other view, the positive being k = i:
+    ``L_i = −log( exp(NN(z_i)·p_i⁺/τ) / Σ_k exp(NN(z_i)·p_k⁺/τ) )``, averaged over i. This is the paper's
+    pseudo-code, as solo-learn and lightly implement it; the negatives are the other view's predictions only
+    (no same-view negatives, unlike NT-Xent). Under torchrun the caller passes every rank's rows.
+    """
+    if not (nn1.shape == nn2.shape == p1.shape == p2.shape) or nn1.ndim != 2:
+        raise ValueError("nnclr_loss expects four (N, D) tensors of the same shape, got "
+                         f"{[tuple(t.shape) for t in (nn1, nn2, p1, p2)]}")
+    positive = torch.arange(nn1.shape[0], device=nn1.device)
+
+    def one_way(nn: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return info_nce(F.normalize(nn.detach(), dim=1), F.normalize(p, dim=1), positive, temperature)
+
+    return 0.5 * one_way(nn1, p2) + 0.5 * one_way(nn2, p1)

@@ -8,6 +8,9 @@ caller cannot forget the stop-gradient the methods rely on.
 - :func:`cross_view_cross_entropy` — the multi-view cross-entropy DINO and SwAV share: every target view against
   every student view except itself.
 - :func:`dino_loss` — DINO (Caron et al. 2021, Eq. 1 and 3): the teacher's centred, sharpened softmax as target.
+- :func:`mean_target_negative_cosine` — FastSiam (Pototzky et al. 2022): SimSiam's D against the mean of the other
+  views' projections.
+- :func:`relational_loss` — ReSSL (Zheng et al. 2021): the teacher's sharpened relation to a queue as target.
 """
 from __future__ import annotations
 
@@ -77,3 +80,51 @@ def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center
         raise ConfigError(f"method.teacher_temp must be > 0, got {teacher_temp}")
     q = F.softmax((teacher_logits.detach().float() - center.reshape(1, 1, -1)) / teacher_temp, dim=-1)
     return cross_view_cross_entropy(student_logits, q, student_temp)
+
+
+@fp32_loss
+def mean_target_negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """FastSiam (Pototzky et al. 2022): each view's prediction predicts the mean of the other views' targets.
+
+    p: (V, B, D) predictions, z: (V, B, D) projections (detached here), V >= 2. Loss
+    ``(1/V) Σ_i D(p_i, stopgrad(mean_{j≠i} z_j))``, D the negative cosine (:func:`negative_cosine`, averaged over
+    the batch). The mean is taken over the raw projections, before the cosine normalises the target (lightly's
+    FastSiam; the paper averages the other views' embeddings). With V = 2 the target of each view is the other
+    view's projection: SimSiam's symmetrised loss.
+    """
+    if p.shape != z.shape or p.ndim != 3 or p.shape[0] < 2:
+        raise ValueError(f"mean_target_negative_cosine expects (V, B, D) predictions and targets with V >= 2, got "
+                         f"{tuple(p.shape)} and {tuple(z.shape)}")
+    v = p.shape[0]
+    z = z.detach()
+    targets = (z.sum(dim=0, keepdim=True) - z) / (v - 1)  # (V, B, D): row i is the mean over j ≠ i
+    cos = F.cosine_similarity(p, targets, dim=-1)  # (V, B); fp32_loss computes in float32 (float64 stays)
+    return -cos.mean()
+
+
+@fp32_loss
+def relational_loss(student: torch.Tensor, teacher: torch.Tensor, keys: torch.Tensor, student_temp: float = 0.1,
+                    teacher_temp: float = 0.04, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ReSSL (Zheng et al. 2021, Eq. 4-5): the student's relation to a set of keys matches the teacher's, sharpened.
+
+    student: (N, D) student embeddings of the strong view; teacher: (N, D) EMA-teacher embeddings of the weak view
+    (detached here); keys: (K, D) the queue of earlier teacher embeddings; all L2-normalised by the caller.
+    ``p_t = softmax(t·Kᵀ/τ_t)``, ``p_s = softmax(s·Kᵀ/τ_s)``, loss ``mean_i −Σ_k p_t[i, k] log p_s[i, k]``
+    (τ_t < τ_s sharpens the target). ``mask``: optional (K,) or (N, K) bool, True where a key is left out of both
+    relations (rows of the queue not yet written); at least one key per row must stay. Scalar.
+    """
+    if not student_temp > 0:
+        raise ConfigError(f"method.temperature must be > 0, got {student_temp}")
+    if not teacher_temp > 0:
+        raise ConfigError(f"method.teacher_temp must be > 0, got {teacher_temp}")
+    _check_pair(student, teacher, "relational_loss")
+    keys = keys.detach()
+    s_logits = student @ keys.T / student_temp  # fp32_loss computes in float32 (float64 stays float64)
+    t_logits = teacher.detach() @ keys.T / teacher_temp
+    if mask is not None:
+        mask = mask.expand_as(s_logits)
+        s_logits, t_logits = s_logits.masked_fill(mask, float("-inf")), t_logits.masked_fill(mask, float("-inf"))
+    q = F.softmax(t_logits, dim=1)
+    log_p = F.log_softmax(s_logits, dim=1)
+    terms = q * log_p if mask is None else (q * log_p).masked_fill(mask, 0.0)
+    return -terms.sum(dim=1).mean()

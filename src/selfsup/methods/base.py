@@ -28,10 +28,12 @@ from ..errors import ConfigError
 
 @dataclass
 class ViewBatch:
-    """Views of one batch: ``views[i]`` is (B, C, H_i, W_i) float; ``index`` (B,) the images' dataset indices."""
+    """Views of one batch: ``views[i]`` is (B, C, H_i, W_i) float; ``index`` (B,) the images' dataset indices;
+    ``labels`` (B,) int64 class labels, set by the engine for a method that declares ``needs_labels``."""
 
     views: list[torch.Tensor]
     index: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
 
 @dataclass
@@ -54,7 +56,8 @@ class Method(nn.Module):
     - ``n_views``: the number of views a batch must hold (None: any number, at least ``min_views``);
       ``needs_index``: the batch must carry the images' dataset indices (memory banks). :meth:`check_batch`
       enforces both before every ``forward`` (a forward pre-hook, so the engine, a user's loop and the tests all
-      go through it).
+      go through it). ``needs_labels``: the batch must carry class labels (``ViewBatch.labels``; supervised
+      references such as SupCon); the engine passes the dataset's labels then and refuses unlabelled data.
     - shared parts (:class:`~selfsup.components.base.SharedPart`: EMA teachers, queues, memory banks, centers,
       priors) only *stage* in ``forward``; their state changes in ``after_step``, which the engine (or
       :func:`~selfsup.components.base.update_parts`) calls after the optimizer step.
@@ -71,6 +74,7 @@ class Method(nn.Module):
     n_views: ClassVar[int | None] = None  # exactly this many views per batch; None: any number >= min_views
     min_views: ClassVar[int] = 1
     needs_index: ClassVar[bool] = False  # ViewBatch.index must be set (the dataset indices address a memory bank)
+    needs_labels: ClassVar[bool] = False  # ViewBatch.labels must be set (a supervised reference: it uses labels)
 
     def __init__(self, backbone: Backbone, cfg: Any = None, *, num_train: int = 0) -> None:
         super().__init__()
@@ -82,7 +86,7 @@ class Method(nn.Module):
     def check_batch(self, batch: ViewBatch) -> None:
         """Raise ``ValueError`` for a batch this method cannot take; runs before every ``forward``.
 
-        The default checks the declared ``n_views`` / ``min_views`` and ``needs_index``; subclasses extend it
+        The default checks the declared ``n_views`` / ``min_views``, ``needs_index`` and ``needs_labels``; subclasses extend it
         (calling ``super().check_batch(batch)``) with checks of their own, e.g. the batch size a queue needs.
         """
         n, name = len(batch.views), self.method_name()
@@ -93,6 +97,12 @@ class Method(nn.Module):
             raise ValueError(f"{name} expects at least {_views(self.min_views)} (global crops first), got {n}")
         if self.needs_index and batch.index is None:
             raise ValueError(f"{name} needs the images' dataset indices (ViewBatch.index) to address its memory bank")
+        if self.needs_labels:
+            if batch.labels is None:
+                raise ValueError(f"{name} uses class labels (ViewBatch.labels): pass the batch's labels")
+            if batch.labels.shape != batch.views[0].shape[:1]:
+                raise ValueError(f"{name} expects one label per image, got labels of shape "
+                                 f"{tuple(batch.labels.shape)} for {batch.views[0].shape[0]} images")
 
     def make_views(self, image_size: int, mean: Sequence[float], std: Sequence[float],
                    augment: AugmentConfig | None = None) -> MultiViewPipeline:

@@ -7,6 +7,11 @@ a cosine schedule from ``momentum_base`` (0.996) to ``momentum_final`` (1), appl
 What prevents collapse: the predictor, the stop-gradient and the slowly moving target — and, in practice, batch
 norm in the heads (Fetterman & Albrecht 2020; the seeds' experiment). ``bn_in_heads=false`` removes it to show
 the collapse (``benchmarks/byol_collapse.py``).
+
+NN-BYOL (solo-learn's variant, after NNCLR, Dwibedi et al. 2021): with ``nn_support_size > 0`` each target
+projection is replaced by its nearest neighbour (cosine) in a support set of earlier target projections of
+view 1 (:class:`~selfsup.components.nn_support.NearestNeighbourSupport`); ``nnbyol`` is BYOL with that option
+on. With the option off (``byol``'s default) nothing is built and the computation is BYOL's.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ from torch import nn
 
 from ..components.base import StepContext
 from ..components.ema import EMATeacher
+from ..components.nn_support import NearestNeighbourSupport
 from ..components.schedules import Cosine
-from ..config_checks import checked, dim
+from ..config_checks import QUEUE_CAP, checked, dim
 from ..heads.mlp import projection_head
 from ..losses.distillation import normalized_mse
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
@@ -32,6 +38,13 @@ class BYOLConfig(MethodConfig):
     momentum_base: float = checked(0.996, ge=0, le=1)  # τ at the start; cosine to momentum_final
     momentum_final: float = checked(1.0, ge=0, le=1)
     bn_in_heads: bool = True  # false: no BatchNorm in projector and predictor (the collapse experiment)
+    # > 0: NN-BYOL's nearest-neighbour swap of the targets, with a support set of this many target projections
+    nn_support_size: int = checked(0, ge=0, cap=QUEUE_CAP, hint="0: off (BYOL)")
+
+
+@dataclass
+class NNBYOLConfig(BYOLConfig):
+    nn_support_size: int = checked(16384, ge=1, cap=QUEUE_CAP)  # 65,536 in solo-learn; see docs/distillation.md
 
 
 @register_method("byol", help="BYOL: predict an EMA target's projection, no negatives (Grill et al. 2020)")
@@ -57,12 +70,31 @@ class BYOL(Method):
         # the target follows backbone + projector; the Sequential only groups them for the copy
         self.target = EMATeacher(nn.Sequential(self.backbone, self.projector),
                                  Cosine(c.momentum_base, c.momentum_final))
+        self.support = NearestNeighbourSupport(c.nn_support_size, c.proj_dim, option="method.nn_support_size") \
+            if c.nn_support_size else None
+
+    def check_batch(self, batch: ViewBatch) -> None:
+        super().check_batch(batch)
+        if self.support is not None:
+            self.support.check_batch_size(batch.views[0].shape[0])
 
     def forward(self, batch: ViewBatch, ctx: StepContext | None = None) -> MethodOutput:
         x = torch.cat(batch.views)
         h = self.backbone(x)
         p1, p2 = self.predictor(self.projector(h)).chunk(2)
         z1, z2 = self.target(x).chunk(2)  # no_grad inside the teacher
+        logs = {"ema_momentum": self.target.last_momentum.detach().clone()}
+        if self.support is not None:  # NN-BYOL: the targets' nearest neighbours in the support set
+            (z1, z2), logs["nn_cos"] = self.support.swap((z1, z2), batch.index)  # z1 enters after the step
         loss = normalized_mse(p1, z2) + normalized_mse(p2, z1)
-        return MethodOutput(loss=loss, logs={"ema_momentum": self.target.last_momentum.detach().clone()},
-                            embedding=h[: p1.shape[0]].detach())
+        return MethodOutput(loss=loss, logs=logs, embedding=h[: p1.shape[0]].detach())
+
+
+@register_method("nnbyol", help="NN-BYOL: BYOL whose targets are their nearest neighbours in a support set "
+                                "(solo-learn, after Dwibedi et al. 2021)")
+class NNBYOL(BYOL):
+    """BYOL with ``nn_support_size`` on by default (NNCLR's nearest-neighbour swap of the targets)."""
+
+    Config = NNBYOLConfig
+    cfg: NNBYOLConfig
+    test_overrides = {**BYOL.test_overrides, "nn_support_size": 64}

@@ -46,5 +46,10 @@ class SimCLR(Method):
         z = self.projector(h)
         z1, z2 = z.chunk(2)
         # negatives from every rank: the same global loss on each rank (see components/gather.py for the scaling)
-        loss = nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.cfg.temperature)
+        loss = self.contrast(gather_with_grad(z1), gather_with_grad(z2), batch)
         return MethodOutput(loss=loss, embedding=h[: z1.shape[0]].detach())
+
+    def contrast(self, z1: torch.Tensor, z2: torch.Tensor, batch: ViewBatch) -> torch.Tensor:
+        """The loss of the two views' projections z1, z2 (N, D), gathered from every rank: NT-Xent here; the
+        methods that change only SimCLR's loss (DCL, SupCon) override this."""
+        return nt_xent(z1, z2, self.cfg.temperature)

@@ -67,7 +67,8 @@ class SwAV(Method):
     base_lr = 0.6
     default_weight_decay = 1e-6
     supports_multicrop = True
-    test_overrides = {"proj_hidden_dim": 64, "proj_dim": 32, "n_prototypes": 16, "freeze_prototypes_epochs": 0}
+    test_overrides = {"proj_hidden_dim": 64, "proj_dim": 32, "n_prototypes": 16, "freeze_prototypes_epochs": 0,
+                      "queue_size": 32, "queue_start_epoch": 0}  # the queue in use, so the tests cover it
 
     N_CODE_VIEWS = 2  # codes are computed for the first two (global) crops, as in the paper
 
