@@ -176,6 +176,117 @@ def yaml_cases() -> list[Case]:
     return cases
 
 
+# ------------------------------------------------------------------------------------ select, finetune, predict
+def _npz_bytes(**arrays) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def select_classify_files() -> dict[str, bytes]:
+    """Embeddings files (for select), selection files (for eval --selection) and labelled data (for finetune)."""
+    import numpy as np
+
+    g = np.random.default_rng(2)
+    x = g.normal(size=(24, 8)).astype(np.float32)
+    ids = np.array([str(i) for i in range(24)])
+    imgs = g.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    return {
+        "emb-good.npz": _npz_bytes(embeddings=x, ids=ids, labels=np.arange(24) % 3),
+        "emb-no-embeddings.npz": _npz_bytes(features=x, ids=ids),
+        "emb-no-ids.npz": _npz_bytes(embeddings=x),
+        "emb-int.npz": _npz_bytes(embeddings=(x * 10).astype(np.int64), ids=ids),
+        "emb-1d.npz": _npz_bytes(embeddings=x[:, 0], ids=ids),
+        "emb-ids-short.npz": _npz_bytes(embeddings=x, ids=ids[:5]),
+        "emb-nan.npz": _npz_bytes(embeddings=np.full_like(x, np.nan), ids=ids),
+        "emb-pickled-ids.npz": _npz_bytes(embeddings=x, ids=np.array([{"a": 1}] * 24, dtype=object)),
+        "emb-not-a-zip.npz": b"embeddings,ids\n1,2\n",
+        "sel-unknown-ids.txt": b"0\n1\n999\n",
+        "sel-one-id.txt": b"3\n",
+        "sel-empty.txt": b"\n\n",
+        "sel-binary.txt": b"\xff\xfe\x00\x01",
+        "one-class.npz": _npz_bytes(x_train=imgs, y_train=np.zeros(12, np.int64)),
+        "unlabelled.npz": _npz_bytes(x_train=imgs),
+    }
+
+
+def select_classify_setup(main, tmp, run, npz) -> None:
+    """Bad inputs' files, a classifier trained on the tiny run, a damaged copy of it, a grayscale folder."""
+    import io
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    for name, content in select_classify_files().items():
+        (tmp / "files" / name).write_bytes(content)
+    assert main(["finetune", str(run), "--data", str(npz), "--out", str(tmp / "classifier"), "--epochs", "1",
+                 "--device", "cpu", "--quiet"]) == 0
+    shutil.copytree(tmp / "classifier", tmp / "classifier-damaged")
+    (tmp / "classifier-damaged" / "model.safetensors").write_bytes(b"\x00" * 40)
+    shutil.copytree(tmp / "classifier", tmp / "classifier-no-json")
+    (tmp / "classifier-no-json" / "classifier.json").unlink()
+    (tmp / "gray-folder").mkdir()
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8), "L").save(buf, format="PNG")
+        (tmp / "gray-folder" / f"{i}.png").write_bytes(buf.getvalue())
+
+
+def select_classify_cases() -> list[Case]:
+    sel = ("select", "{f}", "--budget", "3", "--out", "{out}/s.txt")
+    good = ("select", "{tmp}/files/emb-good.npz", "--out", "{out}/s.txt")
+    cases = [Case(f"select {name}", sel, (name,), file=name) for name in select_classify_files()
+             if name.startswith("emb-") and name != "emb-good.npz"]
+    cases += [Case(f"select --budget={b!r}", (*good, "--budget", b), ("--budget",))
+              for b in ("25", "1000000", "0", "-1", "abc", "1.5", "")]
+    cases += [Case(f"select --strategy={s!r}", (*good, "--budget", "3", "--strategy", s), ("--strategy", "kcenter"))
+              for s in ("nosuch", "", "KCENTER", "k-center")]
+    embedded = ("select", "{tmp}/use/emb.npz", "--out", "{out}/s.csv")  # written by selfsup embed
+    cases += [Case("select embed's file --budget over its train images", (*embedded, "--budget", "25"), ("--budget",)),
+              Case("select embed's file", (*embedded, "--budget", "5", "--strategy", "kcenter"), expect="ok")]
+    cases += [Case("select missing file", ("select", "{tmp}/no.npz", "--budget", "3", "--out", "{out}/s"), ("no.npz",)),
+              Case("select --clusters=0", (*good, "--budget", "3", "--strategy", "cluster-balanced", "--clusters", "0"),
+                   ("--clusters",)),
+              Case("select --out under a regular file", (*good, "--budget", "3", "--out", "{tmp}/a-file/s.txt"),
+                   ("a-file",))]
+    semi = ("eval", "{run}", "--no-baseline", "--device", "cpu", "--protocol", "semi", "--selection")
+    cases += [Case(f"eval --selection {name}", (*semi, "{f}"), (name,), file=name)
+              for name in ("sel-unknown-ids.txt", "sel-one-id.txt", "sel-empty.txt", "sel-binary.txt", "emb-good.npz")]
+    cases += [Case("eval --selection missing", (*semi, "{tmp}/no-sel.txt"), ("no-sel.txt",)),
+              Case("eval --selection without semi", ("eval", "{run}", "--no-baseline", "--protocol", "knn",
+                                                     "--selection", "{tmp}/files/sel-one-id.txt"), ("--selection",))]
+    ft = ("finetune", "{run}", "--out", "{out}/clf", "--device", "cpu", "--epochs", "1")
+    cases += [Case(f"finetune --data {name}", (*ft, "--data", "{f}"), (name,), file=name)
+              for name in ("one-class.npz", "unlabelled.npz", "emb-good.npz")]
+    cases += [Case(f"finetune --head={h!r}", (*ft, "--data", "{npz}", "--head", h), ("--head",))
+              for h in ("nosuch", "", "Linear")]
+    cases += [Case(f"finetune --epochs={e}", ("finetune", "{run}", "--data", "{npz}", "--out", "{out}/c", "--epochs", e),
+                   ("--epochs",)) for e in ("0", "-1", "x")]
+    cases += [Case(f"finetune source {name}", ("finetune", f"{{tmp}}/runs/{name}", "--data", "{npz}", "--out",
+                                               "{out}/c"), (name,)) for name in ("missing", "empty-dir", "file")]
+    cases += [Case("finetune --out a regular file", (*ft, "--data", "{npz}", "--out", "{tmp}/a-file"), ("a-file",))]
+    pr = ("--out", "{out}/p.csv", "--device", "cpu")
+    cases += [Case("predict another channel count", ("predict", "{tmp}/classifier", "--data", "{tmp}/gray-folder", *pr),
+                   ("gray-folder", "channel")),
+              Case("predict classifier missing", ("predict", "{tmp}/no-classifier", "--data", "{npz}", *pr),
+                   ("no-classifier",)),
+              Case("predict classifier weights damaged", ("predict", "{tmp}/classifier-damaged", "--data", "{npz}",
+                                                          *pr), ("classifier-damaged",)),
+              Case("predict classifier without json", ("predict", "{tmp}/classifier-no-json", "--data", "{npz}", *pr),
+                   ("classifier-no-json",)),
+              Case("predict a run directory", ("predict", "{run}", "--data", "{npz}", *pr), ("{run}",)),
+              Case("predict --top-k=0", ("predict", "{tmp}/classifier", "--data", "{npz}", "--top-k", "0", *pr),
+                   ("--top-k",)),
+              Case("predict --data missing", ("predict", "{tmp}/classifier", "--data", "{tmp}/nodata", *pr),
+                   ("nodata",))]
+    return cases
+
+
 # ------------------------------------------------------------------------------------------- pretrain --init
 class GetCwd:
     """A pickled call (harmless: os.getcwd) inside a state dict: the file must be refused, not loaded."""

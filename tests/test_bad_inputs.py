@@ -25,7 +25,8 @@ from badinput_runner import TreeSnapshot, judge, run_cli
 
 CASES: list[C.Case] = (C.flag_cases() + C.set_cases() + C.yaml_cases() + R.foreign_cases() + R.data_cases()
                        + R.eval_cases() + R.export_cases() + R.report_compare_cases() + R.malicious_cases()
-                       + C.init_cases() + C.use_embed_cases())
+                       + C.init_cases() + C.use_embed_cases()
+                       + C.select_classify_cases())
 assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
 
 # Known failures, case id → where the fix will come from; strict: a listed case that passes fails the suite, so
@@ -79,6 +80,7 @@ def env(tmp_path_factory):
     (tmp / "a-file").write_text("a regular file where a directory is expected\n")
     R.make_bad_run_dirs(tmp / "runs", run)
     R.make_use_files(tmp, run, npz)
+    C.select_classify_setup(main, tmp, run, npz)  # select, finetune and predict's files and a classifier
     snapshots = {name: TreeSnapshot(d) for name, d in runs.items()}
     yield {"tmp": tmp, "npz": npz, "marker": marker, "runs": runs, "files": files, "good": good, "snapshots": snapshots}
     _write_summary(tmp_path_factory.getbasetemp())

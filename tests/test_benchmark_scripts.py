@@ -91,3 +91,37 @@ def _tiny_study_init(init):
         settings.device, settings.quiet = "cpu", True
         return init(self, settings, dataset)
     return tiny
+
+
+def test_selection_benchmark_smoke_on_a_tiny_run(tmp_path: Path, monkeypatch) -> None:
+    """Embeds, selects with each strategy, runs semi on each selection and on random stratified subsets, writes the
+    table (tiny data subset: a smoke test of the script, not a measurement)."""
+    import runpy
+
+    from conftest import make_blobs, save_npz
+
+    from selfsup.api import pretrain
+    from selfsup.config import build_run_config
+
+    save_npz(make_blobs(n=48, size=16), tmp_path / "blobs.npz")
+    cfg = build_run_config({"method": {"name": "simclr", "proj_hidden_dim": 16, "proj_dim": 8},
+                            "data": {"path": str(tmp_path / "blobs.npz")}, "backbone": {"name": "convnet", "width": 0.25},
+                            "train": {"epochs": 1, "batch_size": 16, "device": "cpu", "log_every": 1}})
+    pretrain(cfg, tmp_path / "run", quiet=True)
+    out = tmp_path / "sel"
+    monkeypatch.setattr(sys, "argv", ["s", str(tmp_path / "run"), "--fractions", "0.25", "--seeds", "2", "--subset",
+                                      "40", "--strategies", "kcenter,random", "--device", "cpu", "--out", str(out)])
+    runpy.run_path(str(ROOT / "benchmarks" / "selection_cifar10.py"), run_name="__main__")
+    table = (out / "selection.md").read_text()
+    assert table.startswith("| strategy | 25 % labels: top-1 | Δ vs random | beats random? |")
+    assert "| random stratified | " in table and "| kcenter | " in table and "(n=10)" in table
+    res = json.loads((out / "selection.json").read_text())
+    assert res["train_images"] == 40 and len(res["results"]["0.25"]["kcenter"]["values"]) == 2
+    assert (out / "select-kcenter-0.25-seed1.txt").read_text().count("\n") == 10
+    assert np_load_ids(out / "embeddings.npz") == [f"train/{i}" for i in range(40)]
+
+
+def np_load_ids(path: Path) -> list[str]:
+    import numpy as np
+
+    return np.load(path)["ids"].tolist()

@@ -42,7 +42,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluate_run(args.run, args.protocol or ["knn", "linear"], eval_data=args.eval_train or args.eval_data,
                  eval_test=args.eval_test, device=args.device,
                  baseline=not args.no_baseline, seeds=args.seeds, epochs=args.epochs, fractions=args.fractions,
-                 options=parse_option_args(args.set))
+                 options=parse_option_args(args.set), selection=args.selection)
     return 0
 
 
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--epochs", type=int, help="epochs of trained protocols (linear-aug, mlp, finetune, ...)")
     ev.add_argument("--fractions", type=lambda v: [float(f) for f in v.split(",")], metavar="F,F",
                     help="label fractions of the semi protocol (default 0.01,0.1)")
+    ev.add_argument("--selection", metavar="FILE", help="semi: train on the images of this selection file "
+                    "(selfsup select) instead of random stratified fractions")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="protocol option, e.g. --set k=10 or --set finetune.lr_backbone=0.01")
     ev.set_defaults(fn=cmd_eval)
@@ -142,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_parser(sub)
     from .embed import add_parser as add_embed_parsers  # embed, neighbors
     add_embed_parsers(sub)
+    from . import classify, select
+    select.add_parser(sub)
+    classify.add_parsers(sub)
     return p
 
 

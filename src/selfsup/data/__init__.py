@@ -30,7 +30,7 @@ def _resize_split(split: InMemorySplit, size: int, where: str) -> InMemorySplit:
         x = split.images[i : i + 2048].float()
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out.append(x.round().clamp(0, 255).to(torch.uint8))
-    return InMemorySplit(torch.cat(out), split.labels)
+    return InMemorySplit(torch.cat(out), split.labels, split.ids)
 
 
 def _load_test_path(ds: ImageDataset, spec: str, test_path: str, image_size: int | None) -> None:

@@ -40,10 +40,12 @@ class ImageSplit(Protocol):
 
 @dataclass
 class InMemorySplit:
-    """Images as one uint8 tensor ``(N, C, H, W)``; labels int64 ``(N,)`` or None."""
+    """Images as one uint8 tensor ``(N, C, H, W)``; labels int64 ``(N,)`` or None; ``ids``: one name per image
+    (an image folder's paths relative to its root; None: the row index is the id, see :mod:`selfsup.data.ids`)."""
 
     images: torch.Tensor
     labels: torch.Tensor | None = None
+    ids: list[str] | None = None
 
     def __post_init__(self) -> None:
         x = self.images
@@ -51,6 +53,8 @@ class InMemorySplit:
             raise DataError(f"images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
         if self.labels is not None and len(self.labels) != len(x):
             raise DataError(f"{len(x)} images but {len(self.labels)} labels")
+        if self.ids is not None and len(self.ids) != len(x):
+            raise DataError(f"{len(x)} images but {len(self.ids)} ids")
 
     @property
     def num_images(self) -> int:
@@ -76,7 +80,8 @@ class InMemorySplit:
             yield self.images[idx], idx, (self.labels[idx] if self.labels is not None else None)
 
     def subset(self, idx: torch.Tensor) -> "InMemorySplit":
-        return InMemorySplit(self.images[idx], self.labels[idx] if self.labels is not None else None)
+        ids = [self.ids[i] for i in idx.tolist()] if self.ids is not None else None
+        return InMemorySplit(self.images[idx], self.labels[idx] if self.labels is not None else None, ids)
 
 
 @dataclass

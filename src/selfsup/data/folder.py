@@ -32,6 +32,14 @@ class BadImage(Exception):
     pass
 
 
+def relative_id(path: Path, root: Path) -> str:
+    """An image's id in a folder: its path relative to the folder, with ``/`` separators."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def _check_shape(w: int, h: int) -> None:
     """Refuse from the header alone, before any pixel is decoded."""
     if w <= 0 or h <= 0:
@@ -146,7 +154,7 @@ def load_folder_in_memory(paths: list[Path], labels: list[int] | None, size: int
     keep = [i for i, err in enumerate(errors) if err is None]
     x = torch.from_numpy(out if not bad else out[keep])
     y = torch.tensor([labels[i] for i in keep], dtype=torch.int64) if labels is not None else None
-    return InMemorySplit(x, y)
+    return InMemorySplit(x, y, [relative_id(paths[i], root) for i in keep])
 
 
 class _FolderItems(torch.utils.data.Dataset):
@@ -180,10 +188,15 @@ class StreamingFolderSplit:
     size: int
     channels: int
     workers: int = 2
+    root: Path | None = None  # ids are the paths relative to it
 
     @property
     def num_images(self) -> int:
         return len(self.paths)
+
+    @property
+    def ids(self) -> list[str] | None:
+        return None if self.root is None else [relative_id(p, self.root) for p in self.paths]
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -238,7 +251,7 @@ def load_folder(root: str | Path, image_size: int | None, *, test_root: str | Pa
         if len(ps) * channels * size * size <= max_memory_bytes:
             return load_folder_in_memory(ps, ls, size, channels, where)
         lab = torch.tensor(ls, dtype=torch.int64) if ls is not None else None
-        return StreamingFolderSplit(ps, lab, size, channels, workers=max(workers, 1))
+        return StreamingFolderSplit(ps, lab, size, channels, workers=max(workers, 1), root=where)
 
     train = split(paths, labels, root)
     test = None

@@ -55,6 +55,8 @@ class EvalContext:
     pretrain_epochs: int | None = None
     protocol: str = ""
     init_backbone: torch.nn.Module | None = None  # the same architecture at random init (supervised reference)
+    selection: torch.Tensor | None = None  # semi: train-split rows of a selection file (instead of fractions)
+    selection_name: str = ""
     _cache: dict[Any, Any] = field(default_factory=dict)
 
     def features(self, stage: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ import torch
 
 from ..config import RunConfig
 from ..data import DataError, ImageDataset, load_dataset
+from ..data.ids import indices_of, read_selection
 from ..engine.build import Built, build_run, resolve_device
 from ..engine.checkpoint import load_method_state
 from ..engine.run_access import check_writable, load_run_checkpoint, saved_config
@@ -89,13 +90,16 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
                  eval_data: str | None = None, eval_test: str | None = None, device: str = "auto",
                  baseline: bool = True,
                  options: dict[str, Any] | None = None, seeds: int = 1, epochs: int | None = None,
-                 fractions: list[float] | tuple[float, ...] | None = None, quiet: bool = False) -> dict[str, Any]:
+                 fractions: list[float] | tuple[float, ...] | None = None, quiet: bool = False,
+                 selection: str | Path | None = None) -> dict[str, Any]:
     """Evaluate the newest checkpoint of ``run_dir``; returns and writes the ``eval.json`` mapping.
 
     ``seeds``: repeats per protocol (seeds run_seed … run_seed+N-1); ``epochs``: budget of trained protocols;
-    ``fractions``: label fractions of ``semi``; ``options``: ``{"key" or "protocol.key": value}``.
-    ``eval_data`` (with ``eval_test``: its test split) evaluates on other labelled data, e.g. labelled ``train/``
-    and ``val/`` folders for a run pretrained on unlabelled photos. Every argument, the run directory and the checkpoint are checked before any work.
+    ``fractions``: label fractions of ``semi``; ``selection``: a selection file (``selfsup select``) whose images
+    ``semi`` trains on instead; ``options``: ``{"key" or "protocol.key": value}``. ``eval_data`` (with
+    ``eval_test``: its test split) evaluates on other labelled data, e.g. labelled ``train/`` and ``val/`` folders
+    for a run pretrained on unlabelled photos. Every argument, the run directory and the checkpoint are checked
+    before any work.
     """
     _check_arguments(seeds, epochs, fractions)
     if eval_test is not None and eval_data is None:
@@ -109,6 +113,7 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
     opts = dict(options or {})
     check_options(protocols, opts)
     check_writable(run_dir / "eval.json", "the evaluation results")
+    chosen = _read_selection(selection, protocols, fractions)
     ckpt_path, ckpt = load_run_checkpoint(run_dir)
     cfg = saved_config(ckpt, ckpt_path)
     dev = _device(device)
@@ -117,7 +122,10 @@ def evaluate_run(run_dir: str | Path, protocols: list[str] | tuple[str, ...] = D
           f"{eval_data or cfg.data.path}" + (f" and {eval_test}" if eval_test else ""), quiet)
     built, data, data_info = _build_for_eval(run_dir, cfg, ckpt, eval_data, dev, eval_test)
     seed_list = [cfg.train.seed + i for i in range(seeds)]
-    common: dict[str, Any] = dict(seed=cfg.train.seed, options=opts, run_dir=run_dir, epochs=epochs,
+    sel = None if chosen is None else indices_of(chosen, data.train, where=str(selection),
+                                                 data=eval_data or cfg.data.path)
+    common: dict[str, Any] = dict(seed=cfg.train.seed, options=opts, run_dir=run_dir, epochs=epochs, selection=sel,
+                                  selection_name=str(selection or ""),
                                   fractions=tuple(fractions) if fractions else None, pretrain_epochs=cfg.train.epochs)
     init_backbone = copy.deepcopy(built.method.eval_backbone())
     random_backbone = copy.deepcopy(init_backbone) if baseline else None
@@ -162,6 +170,21 @@ def _check_arguments(seeds: int, epochs: int | None, fractions: Sequence[float] 
     for f in fractions or ():
         if not 0 < f <= 1:
             raise ConfigError(f"--fractions values must be in (0, 1], got {f}")
+
+
+def _read_selection(selection: str | Path | None, protocols: list[str],
+                    fractions: Sequence[float] | None) -> list[str] | None:
+    """The ids of ``--selection`` (read before any work), which only the semi protocol uses."""
+    if selection is None:
+        return None
+    if "semi" not in protocols:
+        raise ConfigError("--selection is read by the semi protocol only: add --protocol semi")
+    if fractions:
+        raise ConfigError("--selection and --fractions both say which images semi trains on: give one")
+    ids = read_selection(selection)
+    if len(ids) < 2:
+        raise ConfigError(f"{selection}: semi needs at least 2 selected images to fit a classifier, got {len(ids)}")
+    return ids
 
 
 def _device(name: str) -> torch.device:

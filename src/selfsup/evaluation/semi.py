@@ -5,6 +5,10 @@ SimCLR's semi-supervised table (Chen et al. 2020: 1 % / 10 % of ImageNet's label
 with no image is an error. The indices (into the train split) are written to
 ``RUN/label-subsets/frac<f>-seed<s>.json`` so a number can be reproduced elsewhere. ``mode=linear`` (default)
 fits the cached-feature linear probe on the subset; ``mode=finetune`` fine-tunes the whole network on it.
+
+With a selection file (``selfsup eval RUN --protocol semi --selection FILE``, written by ``selfsup select``) the
+subset is the file's images instead of a random stratified draw; the metric is ``top1@selected`` and the indices
+go to ``RUN/label-subsets/selection-<file stem>.json``.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from .linear import linear_probe
 from .protocols import EvalContext
 
 DEFAULT_FRACTIONS = (0.01, 0.1)
+SELECTED = "top1@selected"  # the metric of a run on a selection file's images
 
 
 def stratified_subset(labels: torch.Tensor, fraction: float, seed: int, classes: list[str] | None = None
@@ -40,6 +45,17 @@ def stratified_subset(labels: torch.Tensor, fraction: float, seed: int, classes:
                               f"{idx.numel()} train images); use a fraction >= {need:.3g}")
         picked.append(idx[torch.randperm(idx.numel(), generator=g)[:n]])
     return torch.cat(picked).sort().values
+
+
+def save_selection(run_dir: Path | None, name: str, idx: torch.Tensor, dataset: str) -> str | None:
+    if run_dir is None:
+        return None
+    d = Path(run_dir) / "label-subsets"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"selection-{Path(name).stem}.json"
+    path.write_text(json.dumps({"selection": name, "dataset": dataset, "split": "train",
+                                "count": int(idx.numel()), "indices": idx.tolist()}) + "\n")
+    return str(path.relative_to(run_dir))
 
 
 def fraction_name(f: float) -> str:
@@ -68,14 +84,21 @@ def semi_protocol(ctx: EvalContext) -> dict[str, Any]:
         raise ConfigError(f"eval option 'semi.mode' must be 'linear' or 'finetune', got '{mode}'")
     ytr = ctx.data.train.labels
     assert ytr is not None  # label fractions need a labelled train split
-    subsets = {f: stratified_subset(ytr, f, ctx.seed, ctx.data.classes) for f in fractions}  # all checked first
+    subsets: dict[str, torch.Tensor] = {}
+    params: dict[str, Any] = {"mode": mode, "test": "full test split"}
+    if ctx.selection is not None:
+        subsets[SELECTED] = ctx.selection.sort().values
+        params.update(sampling=f"the images of the selection file {ctx.selection_name}",
+                      selection=ctx.selection_name)
+    else:
+        subsets = {f"top1@{fraction_name(f)}": stratified_subset(ytr, f, ctx.seed, ctx.data.classes)
+                   for f in fractions}  # all checked first
+        params.update(fractions=list(fractions), sampling="stratified per class")
     out: dict[str, Any] = {}
     counts, files = {}, {}
-    params: dict[str, Any] = {"mode": mode, "fractions": list(fractions), "sampling": "stratified per class",
-                              "test": "full test split"}
-    for f, idx in subsets.items():
-        key = f"top1@{fraction_name(f)}"
-        files[key] = save_subset(ctx.run_dir, f, ctx.seed, idx, ctx.data.name)
+    for (key, idx), f in zip(subsets.items(), fractions if ctx.selection is None else (None,)):
+        files[key] = (save_subset(ctx.run_dir, f, ctx.seed, idx, ctx.data.name) if f is not None
+                      else save_selection(ctx.run_dir, ctx.selection_name, idx, ctx.data.name))
         counts[key] = int(idx.numel())
         if mode == "linear":
             ftr, ytr_f, fte, yte = ctx.features()
@@ -93,9 +116,8 @@ def semi_protocol(ctx: EvalContext) -> dict[str, Any]:
                             lr_backbone=ctx.opt("lr_backbone"), epochs=ctx.opt("epochs", ctx.epochs))
             out[key] = r["top1"]
             params.update({k: v for k, v in r["params"].items() if k not in ("train_loss", "steps")})
-    first = f"top1@{fraction_name(fractions[0])}"
+    first = next(iter(subsets))
     out["top1"] = out[first]
     params["top1_is"] = first
-    out.update(params=params, labelled_images=counts, subset_files=files,
-               summary=[f"top1@{fraction_name(f)}" for f in fractions])
+    out.update(params=params, labelled_images=counts, subset_files=files, summary=list(subsets))
     return out

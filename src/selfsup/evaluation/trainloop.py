@@ -62,7 +62,7 @@ def evaluate_classifier(model: nn.Module, split: ImageSplit, mean, std, device: 
     return correct / max(1, total)
 
 
-def train_classifier(backbone: nn.Module, head: nn.Module, train: ImageSplit, test: ImageSplit, mean, std,
+def train_classifier(backbone: nn.Module, head: nn.Module, train: ImageSplit, test: ImageSplit | None, mean, std,
                      device: torch.device, *, epochs: int, lr_head: float, lr_backbone: float | None = None,
                      batch_size: int = 256, weight_decay: float = 0.0, momentum: float = 0.9, augment: bool = True,
                      crop_scale_min: float = 0.08, layer_decay: float = 1.0, label_smoothing: float = 0.0,
@@ -70,7 +70,9 @@ def train_classifier(backbone: nn.Module, head: nn.Module, train: ImageSplit, te
     """Train and test a classifier; returns ``{"top1", "train_loss", "steps", "layer_decay_rule"}``.
 
     ``lr_backbone=None`` freezes the backbone (augmented linear probe); otherwise both train, with
-    ``layer_decay < 1`` scaling earlier layers' rates down. ``train.labels`` must be set.
+    ``layer_decay < 1`` scaling earlier layers' rates down. ``train.labels`` must be set. Without a ``test``
+    split ``top1`` is None (``selfsup finetune`` without ``--test``). ``head`` (and the backbone) keep the
+    trained weights.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -118,7 +120,7 @@ def train_classifier(backbone: nn.Module, head: nn.Module, train: ImageSplit, te
             loss_sum += loss.detach()
             n_loss += 1
             step += 1
-    top1 = evaluate_classifier(model, test, mean, std, device)
+    top1 = evaluate_classifier(model, test, mean, std, device) if test is not None else None
     for p in backbone.parameters():
         p.requires_grad_(True)
     return {"top1": top1, "train_loss": float(loss_sum) / max(1, n_loss), "steps": step, "layer_decay_rule": rule}

@@ -79,7 +79,7 @@ def _adapt_split(split: ImageSplit | None, channels: int) -> ImageSplit | None:
         return split
     if isinstance(split, InMemorySplit):
         return InMemorySplit(torch.cat([convert_channels(split.images[i : i + 4096], channels)
-                                        for i in range(0, split.num_images, 4096)]), split.labels)
+                                        for i in range(0, split.num_images, 4096)]), split.labels, split.ids)
     return cast(ImageSplit, ChannelAdaptedSplit(split, channels))  # read-only labels: never assigned here
 
 
