@@ -14,7 +14,9 @@ from selfsup.config import RunConfig, build_run_config
 from selfsup.data.base import ImageDataset, InMemorySplit
 from selfsup.registry import BACKBONES, METHODS
 
-torch.set_num_threads(2)
+# Under pytest-xdist (`make test` runs `-n auto`: one worker per core) each worker computes on one thread: two
+# workers of two OpenMP threads each on two cores stall one another.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 # A 2-block ViT of dim 32 with 2 heads (width ignored): the tiny ViT of the contract tests and of methods whose
 # ``test_backbone`` is a ViT (MAE, BEiT). Registered here, not in src/: it is a test size, not a model.
@@ -85,3 +87,18 @@ def tiny_run_config(method: str = "simclr", method_opts: dict | None = None, *, 
     if augment:
         raw["augment"] = augment
     return build_run_config(raw)
+
+
+def spawn_with_deadline(fn, args, nprocs: int = 2, deadline_s: float = 240.0) -> None:
+    """torch.multiprocessing spawn that fails (and ends the processes) instead of hanging past a deadline."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=False)
+    end = time.monotonic() + deadline_s
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > end:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"distributed workers still running after {deadline_s:.0f} s")

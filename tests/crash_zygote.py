@@ -1,4 +1,4 @@
-"""A fork server for tests/test_crash_resume.py: imports torch and selfsup once, then forks one training process
+"""A fork server for tests/engine/test_crash_resume.py: imports torch and selfsup once, then forks one training process
 per request, so each of the many kill/resume segments skips the multi-second import.
 
 Protocol (one JSON object per line): stdin ``{"argv": [...], "log": "file"}`` → stdout ``{"pid": N}`` when the

@@ -17,7 +17,7 @@ with respect to rank r's embeddings is ``(1/W) Σ_k ∂L_k/∂z_r``. Our backwar
 
 A backward that returned only the local slice *without* the sum (or that summed and then was averaged a second
 time) is off by a factor W — the bug class of lightly #1977 (Barlow Twins) and solo-learn #229. The
-distributed test (tests/test_distributed.py) checks every registered method against one process.
+distributed test (tests/contract/test_distributed.py) checks every registered method against one process.
 
 Hook for the MoCo branch: a queue must enqueue :func:`gather_no_grad` keys (every rank holds the same queue),
 and shuffled BN permutes :func:`gather_no_grad` images with a permutation drawn from the (rank-synchronised)

@@ -41,6 +41,7 @@ from ..checkpoints import check_checkpoint, load_checkpoint, load_run_checkpoint
 from ..data.base import DataError
 from ..data.folder import square_array
 from ..engine.build import resolve_device
+from ..engine.export_formats import is_export_folder
 from ..engine.run_access import rebuild_method
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..registry import BACKBONES
@@ -128,6 +129,8 @@ def load_encoder(source: str | Path, device: str | torch.device = "cpu", *, imag
     (mean/std default to 0.5/0.25 per channel); a run or an export records its own."""
     dev = device if isinstance(device, torch.device) else _device(str(device))
     path = Path(source)
+    if path.is_dir() and is_export_folder(path):  # `selfsup export --format timm`: its weights carry the metadata
+        return _from_export(path / "model.safetensors", dev)
     if path.is_dir():
         ckpt_path, ckpt = load_run_checkpoint(path)
         return _from_checkpoint(ckpt, ckpt_path, dev, kind="run", source=path)

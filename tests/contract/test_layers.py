@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "src" / "selfsup"
+ROOT = Path(__file__).resolve().parents[2] / "src" / "selfsup"
 
 # Lowest first. A package may import packages of its own rank or lower. The registry is rank 0 although it
 # imports the built-in packages: it does so lazily, to run their decorators, and nothing in it depends on them.
@@ -64,7 +64,7 @@ FILES = sorted(ROOT.rglob("*.py"))
 
 def test_every_package_has_a_rank():
     missing = sorted({_package(p.relative_to(ROOT)) for p in FILES} - set(RANK))
-    assert not missing, f"give these packages a rank in tests/test_layers.py: {missing}"
+    assert not missing, f"give these packages a rank in tests/contract/test_layers.py: {missing}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))

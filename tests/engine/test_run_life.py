@@ -31,7 +31,7 @@ from selfsup.errors import ConfigError
 from selfsup.methods.base import ViewBatch
 from selfsup.registry import METHODS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cfg(method: str = "simclr", method_opts: dict | None = None, **train):

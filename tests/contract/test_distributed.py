@@ -112,7 +112,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """Every method's 2-process result, computed once for the module: {name: (loss, state) or traceback}."""
-    from test_distributed_engine import spawn_with_deadline
+    from conftest import spawn_with_deadline
 
     out = tmp_path_factory.mktemp("dist")
     spawn_with_deadline(_worker, (_free_port(), str(out)), nprocs=WORLD)

@@ -22,7 +22,7 @@ import torch
 from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.rundir import list_checkpoints
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMING = ("images_per_s", "time_s")
 STEPS = 64  # 64 images / batch 8 = 8 steps per epoch, 8 epochs
 KILLS = 16  # kills after a chosen step (+ a random delay); a few more land at random times during start-up
@@ -222,8 +222,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 def test_signal_in_process_stops_at_the_step_boundary(tmp_path, monkeypatch, sig):
     """The handler only records the signal: the step in progress completes, is checkpointed, the run returns,
     and the previous handlers are restored."""
-    from conftest import make_blobs
-    from test_resume_registry import tiny_config
+    from conftest import make_blobs, tiny_run_config
 
     from selfsup.engine.trainer import pretrain
     from selfsup.methods.simclr import SimCLR
@@ -237,15 +236,15 @@ def test_signal_in_process_stops_at_the_step_boundary(tmp_path, monkeypatch, sig
 
     monkeypatch.setattr(SimCLR, "forward", forward)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    res = pretrain(tiny_config("simclr", epochs=4), tmp_path / "run", data=make_blobs(n=32, size=16), quiet=True)
+    res = pretrain(tiny_run_config("simclr", seed=5, epochs=4), tmp_path / "run", data=make_blobs(n=32, size=16),
+                   quiet=True)
     assert res.stopped == "interrupted" and res.steps == 3
     assert load_checkpoint(list_checkpoints(tmp_path / "run")[0])["step"] == 3
     assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_second_ctrl_c_stops_at_once_without_saving_a_half_step(tmp_path, monkeypatch):
-    from conftest import make_blobs
-    from test_resume_registry import tiny_config
+    from conftest import make_blobs, tiny_run_config
 
     from selfsup.engine.trainer import pretrain
     from selfsup.methods.simclr import SimCLR
@@ -259,7 +258,7 @@ def test_second_ctrl_c_stops_at_once_without_saving_a_half_step(tmp_path, monkey
         return original(self, batch, ctx)
 
     monkeypatch.setattr(SimCLR, "forward", forward)
-    res = pretrain(tiny_config("simclr", epochs=4, checkpoint_every=1), tmp_path / "run",
+    res = pretrain(tiny_run_config("simclr", seed=5, epochs=4, checkpoint_every=1), tmp_path / "run",
                    data=make_blobs(n=32, size=16), quiet=True)
     assert res.stopped == "interrupted" and res.steps == 2
     assert load_checkpoint(list_checkpoints(tmp_path / "run")[0])["step"] == 2  # step 2 was cut: not saved

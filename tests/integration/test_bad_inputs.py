@@ -215,7 +215,7 @@ def test_the_real_entry_point(env, tmp_path):
                str(files / "non-utf8.yaml")], "non-utf8.yaml"),
              (["export", str(run["malicious-os.system-p2"]), "--out", str(tmp_path / "b.pt")],
               "refused: loading it would execute code")]
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     penv = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
             "OMP_NUM_THREADS": "1"}
     for argv, needle in cases:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_blobs, save_npz, tiny_run_config
+from conftest import make_blobs, save_npz, spawn_with_deadline, tiny_run_config
 
 from selfsup.config import ConfigError
 from selfsup.engine import distributed as D
@@ -81,21 +81,6 @@ def _free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
-
-
-def spawn_with_deadline(fn, args, nprocs: int = 2, deadline_s: float = 240.0) -> None:
-    """torch.multiprocessing spawn that fails (and ends the processes) instead of hanging past a deadline."""
-    import time
-
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=False)
-    end = time.monotonic() + deadline_s
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > end:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed workers still running after {deadline_s:.0f} s")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from selfsup.cli.main import main
 from selfsup.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from selfsup.engine.rundir import RunDirError, latest_checkpoint
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "selfsup"
+SRC = Path(__file__).resolve().parents[2] / "src" / "selfsup"
 
 
 class Payload:

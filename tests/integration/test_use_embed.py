@@ -77,6 +77,16 @@ def test_load_encoder_from_an_export_equals_the_run(run, tmp_path, fmt):
     torch.testing.assert_close(enc.embed(x), load_encoder(run).embed(x))
 
 
+def test_load_encoder_from_the_timm_export_folder_equals_the_run(tmp_path):
+    pytest.importorskip("safetensors")
+    run = tiny_run(tmp_path / "r18-run", backbone="resnet18")
+    folder = export_backbone(run, "timm", tmp_path / "r18-timm")
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    enc = load_encoder(folder)
+    assert enc.info["kind"] == "export" and enc.preprocessing == load_encoder(run).preprocessing
+    torch.testing.assert_close(enc.embed(x), load_encoder(run).embed(x))
+
+
 def test_a_vit_export_under_timm_names_loads_back(tmp_path):
     run = tiny_run(tmp_path / "vit-run", backbone="vit-test")
     path = export_backbone(run, "pt", tmp_path / "vit.pt")

@@ -22,7 +22,7 @@ from selfsup.evaluation.protocols import EvalContext
 from selfsup.registry import AUGMENT_PRESETS, BACKBONES, DATASETS, EVALUATORS
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-SRC = Path(__file__).resolve().parents[1] / "src" / "selfsup"
+SRC = Path(__file__).resolve().parents[2] / "src" / "selfsup"
 
 
 # ---------------------------------------------------------------------------------------------- backbones
