@@ -19,9 +19,10 @@ install: $(BIN)/selfsup
 demo: install
 	$(BIN)/selfsup demo --out runs/demo --overwrite
 
-# The tests, then the linters (ruff: pyflakes, import order, module docstrings; mypy: types), so both stay clean.
+# The tests (one pytest-xdist worker per core), then the linters (ruff: pyflakes, import order, module
+# docstrings; mypy: types), so both stay clean.
 test: install
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n auto
 	$(MAKE) --no-print-directory lint
 
 lint: install
