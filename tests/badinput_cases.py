@@ -84,6 +84,8 @@ SET_RANGE = {
     "augment.jitter_strength": ("-1",), "augment.preset": ("nosuch",), "method.name": ("nosuch", "[simclr]"),
     "backbone.patch_size": ("0",), "data.image_size": ("0", "1000000"), "data.workers": ("-1",),
     "data.test_path": ("/no/such/test/data",), "data.path": ("/no/such/data.npz",),
+    "data.full_image_scale": ("0.5", "nan", "100"), "data.full_image": ("true",),  # true: the data is a .npz
+    "train.keep_checkpoints": ("-1",),
     "optim.momentum": ("-1", "nan"), "optim.betas": ("[2, 3]", "[0.9]", "[0.9, 0.99, 0.1]"),
     "optim.warmup_epochs": ("-1", "nan"), "optim.min_lr_ratio": ("-1", "2"), "optim.weight_decay": ("-1", "nan"),
     "optim.name": ("nosuch",),

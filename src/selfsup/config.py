@@ -31,6 +31,12 @@ class DataConfig:
     image_size: int | None = checked(None, ge=1, cap=IMAGE_CAP)
     test_path: str | None = None  # labelled evaluation data for folders without a test split
     workers: int = checked(0, ge=0, cap=256)  # DataLoader workers for image folders; in-memory data never uses workers
+    # image folders: pretraining crops come from the whole image (short side image_size x full_image_scale, up
+    # to a 4:3 canvas) instead of the centred square; evaluation keeps the square (data/canvas.py)
+    full_image: bool = False
+    full_image_scale: float = checked(1.0, ge=1, le=4)
+    # CUDA: in-memory training data is copied to the GPU once when it takes <= 1/4 of its free memory (engine/feed.py)
+    device_cache: bool = True
 
 
 @dataclass
@@ -103,6 +109,7 @@ class TrainConfig:
     log_every: int = checked(10, ge=1, cap=COUNT_CAP)
     # in steps; a checkpoint is always written at the end
     checkpoint_every: int | None = checked(None, ge=0, cap=COUNT_CAP)
+    keep_checkpoints: int = checked(2, ge=0, cap=COUNT_CAP)  # the newest K stay (0: all, e.g. to probe along a run)
     knn_every: int = checked(0, ge=0, cap=COUNT_CAP)  # online kNN monitor every K epochs (0: off); needs labels
     nan_policy: str = checked("stop", choices=("stop", "skip"))
     stop_on_collapse: bool = False  # end the run when a collapse monitor crosses its threshold (engine/monitors.py)

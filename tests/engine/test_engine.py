@@ -243,6 +243,14 @@ def _nan_after(monkeypatch, bad_step: int) -> None:
     monkeypatch.setattr(SimCLR, "forward", forward)
 
 
+@pytest.mark.parametrize("keep,want", [(2, [6, 4]), (0, [6, 4, 2]), (1, [6])])
+def test_keep_checkpoints_keeps_the_newest_or_all(blobs_npz, tmp_path, keep, want):
+    """train.keep_checkpoints: the newest K checkpoints stay (2 by default); 0 keeps every one (probing along a run)."""
+    out = tmp_path / f"keep{keep}"
+    pretrain(run_cfg(blobs_npz, max_steps=6, checkpoint_every=2, keep_checkpoints=keep), out, quiet=True)
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(out)] == want
+
+
 @pytest.mark.parametrize("log_every", [1, 10])
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(blobs_npz, tmp_path, monkeypatch, log_every):
     """Whether the NaN is seen at a log step or not, no checkpoint written after it may replace the good ones."""

@@ -25,42 +25,51 @@ def bernoulli(n: int, p: float, gen: torch.Generator | None, device: torch.devic
 
 
 # ----------------------------------------------------------------------------------------------------- crops
-def sample_resized_crop(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                        gen: torch.Generator | None, device: torch.device, attempts: int = 10) -> torch.Tensor:
+def sample_resized_crop(n: int, height: int | torch.Tensor, width: int | torch.Tensor, scale: tuple[float, float],
+                        ratio: tuple[float, float], gen: torch.Generator | None, device: torch.device,
+                        attempts: int = 10) -> torch.Tensor:
     """RandomResizedCrop boxes ``(n, 4)`` as (top, left, h, w) in integer pixels, torchvision's algorithm.
 
     Each sample tries ``attempts`` (area, log-aspect) draws and keeps the first that fits; samples with no fit
     fall back to the largest centred crop whose aspect ratio lies within ``ratio``, placed as torchvision places
     it (offsets ``(size − crop) // 2``), but never smaller than one pixel.
+
+    ``height`` and ``width`` are the image's size, or per-sample sizes ``(n,)`` (whole images of different
+    shapes laid in one canvas batch, :class:`selfsup.data.canvas.Canvas`): the random draws are the same either
+    way, so a sample's box depends only on its own size and its row's draws.
     """
-    area = height * width
-    target = area * uniform(n * attempts, scale[0], scale[1], gen, device).view(n, attempts)
+    H = torch.as_tensor(height, dtype=torch.float32, device=device).expand(n)
+    W = torch.as_tensor(width, dtype=torch.float32, device=device).expand(n)
+    target = (H * W)[:, None] * uniform(n * attempts, scale[0], scale[1], gen, device).view(n, attempts)
     log_r = uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), gen, device).view(n, attempts)
     aspect = torch.exp(log_r)
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    ok = (w > 0) & (w <= W[:, None]) & (h > 0) & (h <= H[:, None])
     first = torch.argmax(ok.to(torch.int8), dim=1)
     any_ok = ok.any(dim=1)
     w = w.gather(1, first[:, None]).squeeze(1)
     h = h.gather(1, first[:, None]).squeeze(1)
     # fallback: centre crop, clamped to the ratio range (torchvision's: min/max of ratio, offsets floored)
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        fh, fw = height, round(height * max(ratio))
-    else:
-        fw, fh = width, height
-    fw, fh = min(max(fw, 1), width), min(max(fh, 1), height)  # at least one pixel (1-px images, extreme ratios)
-    w = torch.where(any_ok, w, torch.full_like(w, fw))
-    h = torch.where(any_ok, h, torch.full_like(h, fh))
+    fw, fh = _fallback_crop(H, W, ratio)
+    w = torch.where(any_ok, w, fw)
+    h = torch.where(any_ok, h, fh)
     u = torch.rand(n, 2, generator=gen, device=device)
-    top = torch.floor(u[:, 0] * (height - h + 1))
-    left = torch.floor(u[:, 1] * (width - w + 1))
-    top = torch.where(any_ok, top, torch.floor((height - h) / 2))
-    left = torch.where(any_ok, left, torch.floor((width - w) / 2))
+    top = torch.floor(u[:, 0] * (H - h + 1))
+    left = torch.floor(u[:, 1] * (W - w + 1))
+    top = torch.where(any_ok, top, torch.floor((H - h) / 2))
+    left = torch.where(any_ok, left, torch.floor((W - w) / 2))
     return torch.stack([top, left, h, w], dim=1)
+
+
+def _fallback_crop(H: torch.Tensor, W: torch.Tensor, ratio: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest centred crop within the aspect-ratio range (width, height), at least one pixel, per sample.
+    ``torch.round`` rounds half to even like Python's ``round`` in torchvision's version."""
+    lo, hi = min(ratio), max(ratio)
+    in_ratio = W / H
+    fw = torch.where(in_ratio > hi, torch.round(H * hi), W)
+    fh = torch.where(in_ratio < lo, torch.round(W / lo), H)
+    return torch.minimum(fw.clamp_min(1), W), torch.minimum(fh.clamp_min(1), H)
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, int],

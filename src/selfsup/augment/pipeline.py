@@ -8,6 +8,10 @@ A pipeline built with ``record_boxes=True`` (for methods that match locations ac
 reports where each view came from: :class:`Views` is the list of views with ``boxes[i]`` (B, 5) for view i,
 each row ``(top, left, height, width, flipped)`` with the box in fractions of the input image and ``flipped``
 1.0 where the view was mirrored. Recording draws nothing, so the views are the same with or without it.
+
+A :class:`~selfsup.data.canvas.Canvas` batch (whole images of different shapes, ``data.full_image``) is taken
+the same way: each view's crop is drawn inside each image's extent, with the same random draws as for a plain
+batch of that image's size.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Sequence
 
 import torch
 
+from ..data.canvas import Canvas
 from . import ops
 
 
@@ -103,27 +108,38 @@ class ViewTransform:
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        """``x``: uint8 or float in [0, 1], (B, C, H, W) → float (B, C, size, size), normalised."""
+    def __call__(self, x: torch.Tensor | Canvas, gen: torch.Generator | None = None) -> torch.Tensor:
+        """``x``: uint8 or float in [0, 1], (B, C, H, W), or a :class:`Canvas` of whole images → float
+        (B, C, size, size), normalised."""
+        if isinstance(x, Canvas):
+            return self.apply(x.pixels, gen, x.extent)[0]
         return self.apply(x, gen)[0]
 
-    def apply(self, x: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(self, x: torch.Tensor, gen: torch.Generator | None = None, extent: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """The view and its geometry (B, 5): ``(top, left, height, width)`` of the crop as fractions of the
-        image, then 1.0 where the view is flipped."""
+        image, then 1.0 where the view is flipped. ``extent`` (B, 2): each image's ``(h, w)`` at the top-left of
+        ``x`` (a canvas batch, data/canvas.py); crops are drawn inside it, an uncropped view is the whole extent."""
         s = self.spec
         dev = x.device
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         b, c, h, w = x.shape
+        ih, iw = (extent[:, 0], extent[:, 1]) if extent is not None else (h, w)
         if s.crop:
-            boxes = ops.sample_resized_crop(b, h, w, s.crop_scale, s.crop_ratio, gen, dev)
+            boxes = ops.sample_resized_crop(b, ih, iw, s.crop_scale, s.crop_ratio, gen, dev)
+        elif extent is not None:
+            boxes = torch.cat([torch.zeros(b, 2, device=dev), extent.to(dev, torch.float32)], dim=1)
         else:
             boxes = torch.tensor([[0.0, 0.0, h, w]], device=dev).expand(b, 4)
         flip = ops.bernoulli(b, s.flip_p, gen, dev) if s.flip_p > 0 else None
-        scale = torch.tensor([h, w, h, w], dtype=torch.float32, device=dev)
+        if extent is not None:
+            scale = extent.to(dev, torch.float32).repeat(1, 2)  # (B, 4): h, w, h, w of each image
+        else:
+            scale = torch.tensor([h, w, h, w], dtype=torch.float32, device=dev)
         flipped = flip.float() if flip is not None else torch.zeros(b, device=dev)
         geometry = torch.cat([boxes.float() / scale, flipped[:, None]], dim=1)
-        if s.crop or (h, w) != (s.size, s.size) or flip is not None:
+        if s.crop or extent is not None or (h, w) != (s.size, s.size) or flip is not None:
             x = ops.resized_crop(x, boxes, s.size, flip)
         if s.jitter_p > 0 and any(v > 0 for v in s.jitter):
             factors, order = ops.sample_color_jitter(b, *s.jitter, gen, dev)
@@ -154,12 +170,15 @@ class MultiViewPipeline:
             raise ValueError("a view pipeline needs at least one view")
         self.transforms = [ViewTransform(s, self.mean, self.std) for s in self.specs]
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> Views:
+    def __call__(self, x: torch.Tensor | Canvas, gen: torch.Generator | None = None) -> Views:
+        extent = None
+        if isinstance(x, Canvas):  # whole images (data.full_image): every view is cropped inside each extent
+            x, extent = x.pixels, x.extent
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         if not self.record_boxes:
-            return Views([t(x, gen) for t in self.transforms])
-        views, boxes = zip(*(t.apply(x, gen) for t in self.transforms))
+            return Views([t.apply(x, gen, extent)[0] for t in self.transforms])
+        views, boxes = zip(*(t.apply(x, gen, extent) for t in self.transforms))
         return Views(views, list(boxes))
 
     @property

@@ -46,12 +46,14 @@ def _load_test_path(ds: ImageDataset, spec: str, test_path: str, image_size: int
 
 
 def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | None = None,
-                 workers: int = 0) -> ImageDataset:
+                 workers: int = 0, full_image: float | None = None) -> ImageDataset:
     """Resolve ``spec``: a registered name (``selfsup list``), a ``.npz`` file, or an image folder (a folder
     holding only ``train/`` and ``val/`` or ``test/`` is read as those two splits: data/scan.py ``split_folders``).
 
     ``image_size`` resizes in-memory data once at load time (and sets the decode size of folders).
     ``test_path`` (``data.test_path``) is the test split: it replaces the dataset's own one, with a warning.
+    ``full_image`` (``data.full_image_scale`` when ``data.full_image``): an image folder's training batches are
+    whole images with their short side at ``image_size × full_image`` (data/canvas.py); folders only.
     """
     if not spec:
         raise DataError("no data given: pass --data with a dataset name, a .npz file or an image folder")
@@ -60,6 +62,9 @@ def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | N
         raise DataError(f"image size must be a whole number of pixels >= 1, got {image_size!r}")
     image_size = None if image_size is None else int(image_size)
     path = Path(spec)
+    if full_image is not None and not path.is_dir():
+        raise DataError(f"data.full_image applies to image folders; {spec} is not one (in-memory data is cropped "
+                        "from the images as stored)")
     folder_test = None  # a test folder beside a train folder: loaded by load_folder (same classes, channels)
     if spec in DATASETS and not path.exists():
         ds = DATASETS.get(spec)()
@@ -79,7 +84,10 @@ def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | N
                   f"(pretraining uses {path.name}/ only)" + ("" if str(test_dir) == test_path else
                                                             f"; data.test_path={test_path} is the test split"))
         folder_test = test_path if test_path is not None and Path(test_path).is_dir() else None
-        ds = load_folder(path, image_size, test_root=folder_test, workers=workers)
+        from .canvas import CanvasSpec
+
+        canvas = CanvasSpec.for_size(image_size or 64, full_image) if full_image is not None else None
+        ds = load_folder(path, image_size, test_root=folder_test, workers=workers, canvas=canvas)
         ds.name = root.name
     elif path.exists():
         raise DataError(f"data path is neither a .npz file nor an image folder: {path}")

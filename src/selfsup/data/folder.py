@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .base import DataError, ImageDataset, InMemorySplit
+from .canvas import CanvasSpec, collate_canvas, decode_whole
 from .scan import IMAGE_EXTENSIONS, scan_folder
 
 __all__ = ["IMAGE_EXTENSIONS", "BadImage", "decode_image", "folder_channels", "load_folder", "scan_folder",
@@ -158,14 +159,18 @@ def load_folder_in_memory(paths: list[Path], labels: list[int] | None, size: int
 
 
 class _FolderItems(torch.utils.data.Dataset):
-    def __init__(self, paths: list[Path], size: int, channels: int) -> None:
-        self.paths, self.size, self.channels = paths, size, channels
+    """Decoded files by index: the centred square (``canvas`` None) or the whole image for a canvas batch."""
+
+    def __init__(self, paths: list[Path], size: int, channels: int, canvas: CanvasSpec | None = None) -> None:
+        self.paths, self.size, self.channels, self.canvas = paths, size, channels, canvas
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
+            if self.canvas is not None:
+                return decode_whole(self.paths[i], self.canvas, self.channels), i
             return torch.from_numpy(decode_image(self.paths[i], self.size, self.channels)), i
         except BadImage:
             return None, i
@@ -189,6 +194,7 @@ class StreamingFolderSplit:
     channels: int
     workers: int = 2
     root: Path | None = None  # ids are the paths relative to it
+    canvas: CanvasSpec | None = None  # data.full_image: training batches are whole images (data/canvas.py)
 
     @property
     def num_images(self) -> int:
@@ -206,18 +212,25 @@ class StreamingFolderSplit:
         n = self.num_images
         return n // batch_size if drop_last else -(-n // batch_size)
 
-    def batches(self, batch_size, *, shuffle, generator=None, drop_last=False, start_batch=0
+    def loader(self, order: torch.Tensor, batch_size: int, canvas: bool = False) -> torch.utils.data.DataLoader:
+        """A DataLoader decoding the files at ``order`` in that order: squares, or whole images on
+        :class:`~selfsup.data.canvas.Canvas` batches when ``canvas`` (the split must have a ``canvas`` spec)."""
+        spec = self.canvas if canvas else None
+        return torch.utils.data.DataLoader(
+            _FolderItems(self.paths, self.size, self.channels, spec), batch_size=batch_size,
+            sampler=order.tolist(), num_workers=self.workers, collate_fn=collate_canvas if spec else _collate,
+            persistent_workers=False, pin_memory=torch.cuda.is_available(),
+        )
+
+    def batches(self, batch_size, *, shuffle, generator=None, drop_last=False, start_batch=0, canvas=False
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Batches of centred squares, or (``canvas``: the training loop with ``data.full_image``) of whole
+        images; the order and the skipping of unreadable files are the same either way."""
         n = self.num_images
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         order = order[start_batch * batch_size : self.num_batches(batch_size, drop_last) * batch_size]
-        loader = torch.utils.data.DataLoader(
-            _FolderItems(self.paths, self.size, self.channels), batch_size=batch_size,
-            sampler=order.tolist(), num_workers=self.workers, collate_fn=_collate,
-            persistent_workers=False, pin_memory=torch.cuda.is_available(),
-        )
         bad = 0
-        for x, idx, n_bad in loader:
+        for x, idx, n_bad in self.loader(order, batch_size, canvas and self.canvas is not None):
             bad += n_bad
             if x is None:
                 continue
@@ -235,8 +248,11 @@ def _note_conversion(where: Path, channels: int, n_gray: int, n_colour: int, tot
 
 
 def load_folder(root: str | Path, image_size: int | None, *, test_root: str | Path | None = None,
-                workers: int = 0, max_memory_bytes: int = 2 << 30) -> ImageDataset:
+                workers: int = 0, max_memory_bytes: int = 2 << 30, canvas: CanvasSpec | None = None) -> ImageDataset:
     """An ImageFolder (or flat folder) as an :class:`ImageDataset`; ``test_root`` adds a labelled test split.
+
+    ``canvas`` (``data.full_image``): the train split always streams, and its training batches are whole images
+    (data/canvas.py); its evaluation batches stay the centred squares.
 
     The channel count is decided from the whole train folder's headers: 3 if any image is in colour (grayscale
     ones are repeated to RGB), else 1; the test folder is converted to it. Each conversion is counted in a warning.
@@ -247,13 +263,13 @@ def load_folder(root: str | Path, image_size: int | None, *, test_root: str | Pa
     channels, n_gray, n_colour = folder_channels(paths)
     _note_conversion(root, channels, n_gray, n_colour, len(paths))
 
-    def split(ps: list[Path], ls: list[int] | None, where: Path):
-        if len(ps) * channels * size * size <= max_memory_bytes:
+    def split(ps: list[Path], ls: list[int] | None, where: Path, whole: CanvasSpec | None = None):
+        if whole is None and len(ps) * channels * size * size <= max_memory_bytes:
             return load_folder_in_memory(ps, ls, size, channels, where)
         lab = torch.tensor(ls, dtype=torch.int64) if ls is not None else None
-        return StreamingFolderSplit(ps, lab, size, channels, workers=max(workers, 1), root=where)
+        return StreamingFolderSplit(ps, lab, size, channels, workers=max(workers, 1), root=where, canvas=whole)
 
-    train = split(paths, labels, root)
+    train = split(paths, labels, root, canvas)
     test = None
     if test_root is not None:
         tpaths, tlabels, tclasses = scan_folder(test_root)

@@ -50,7 +50,8 @@ def method_class(cfg: RunConfig) -> type[Method]:
 def load_data(cfg: RunConfig) -> ImageDataset:
     """The dataset named by ``cfg.data``."""
     d = cfg.data
-    return load_dataset(d.path, d.image_size, test_path=d.test_path, workers=d.workers)
+    return load_dataset(d.path, d.image_size, test_path=d.test_path, workers=d.workers,
+                        full_image=d.full_image_scale if d.full_image else None)
 
 
 def build_backbone_for(cfg: RunConfig, channels: int, image_size: int) -> Backbone:

@@ -219,22 +219,20 @@ def rank_batches(split: Any, global_batch: int, ctx: DistContext, *, generator: 
     One process: the split's own ``batches``. In-memory splits index their tensor; streaming folders decode
     only this rank's files, in the same global order (the DistributedSampler equivalent).
     """
+    whole = getattr(split, "canvas", None) is not None  # data.full_image: whole-image canvas batches
     if not ctx.enabled:
         yield from split.batches(global_batch, shuffle=True, generator=generator, drop_last=True,
-                                 start_batch=start_batch)
+                                 start_batch=start_batch, **({"canvas": True} if whole else {}))
         return
     from ..data.base import InMemorySplit
-    from ..data.folder import StreamingFolderSplit, _collate, _FolderItems
+    from ..data.folder import StreamingFolderSplit
 
     n_batches = split.num_batches(global_batch, drop_last=True)
     order = torch.randperm(split.num_images, generator=generator)[: n_batches * global_batch]
     b = global_batch // ctx.world
     mine = order.view(n_batches, ctx.world, b)[start_batch:, ctx.rank].reshape(-1)
     if isinstance(split, StreamingFolderSplit):
-        loader = torch.utils.data.DataLoader(
-            _FolderItems(split.paths, split.size, split.channels), batch_size=b, sampler=mine.tolist(),
-            num_workers=split.workers, collate_fn=_collate, pin_memory=torch.cuda.is_available())
-        for x, idx, _ in loader:
+        for x, idx, _ in split.loader(mine, b, canvas=whole):
             if x is None or x.shape[0] != b:  # unreadable files: shapes must agree across ranks
                 raise RuntimeError(f"rank {ctx.rank}: unreadable images in a batch under torchrun; "
                                    "remove them from the folder (every rank needs full batches)")

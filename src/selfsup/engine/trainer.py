@@ -31,6 +31,7 @@ from .build import build_run, check_pretraining_data, load_data, method_class, m
 from .callbacks import Callback, CollapseCallback, RunView
 from .checkpoint import fsync_path, load_method_state, save_checkpoint
 from .compile import SafeCompiled
+from .feed import device_split, prefetch
 from .init_weights import InitReport, check_init_file
 from .lock import RunLock
 from .logging import MetricsLogger
@@ -94,6 +95,7 @@ class Run:
     estimated: bool = False  # the time-limit estimate has been printed
     t_launch: float = 0.0  # perf_counter at this launch's first step (cumulative wall-clock in checkpoints)
     wall_before: float = 0.0  # wall-clock seconds of the launches before this one (from the checkpoint)
+    train_split: Any = None  # what the loop reads: data.train, or its copy on the GPU (engine/feed.py)
 
     @property
     def dctx(self) -> D.DistContext:
@@ -181,7 +183,8 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     logger = MetricsLogger(run_dir, total_steps=end, quiet=quiet) if dctx.is_main else D.NullLogger()
     return Run(cfg, run_dir, data, stepper, state, spe, _schedule(cfg, spe, state.total_steps), logger, callbacks,
                quiet, name=method_name(cfg), start_step=state.step, finished=finished,
-               skipped_before=state.skipped, wall_before=state.wall_before)
+               skipped_before=state.skipped, wall_before=state.wall_before,
+               train_split=device_split(data.train, device, cfg.data.device_cache))
 
 
 def _report_init(run_dir: Path, report: InitReport, dctx: D.DistContext, quiet: bool) -> None:
@@ -255,8 +258,8 @@ def _train(run: Run) -> TrainResult:
         while s.step < run.last_step() and stopped == "done":
             epoch = s.step // run.spe
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
-            for x, idx, y in D.rank_batches(run.data.train, t.batch_size, dctx, generator=gen,
-                                            start_batch=s.step % run.spe):
+            batches = D.rank_batches(run.train_split, t.batch_size, dctx, generator=gen, start_batch=s.step % run.spe)
+            for x, idx, y in prefetch(batches, run.stepper.device):
                 run.mid_step = True
                 ctx = StepContext(step=s.step, total_steps=s.total_steps, epoch=epoch, steps_per_epoch=run.spe)
                 out = train_step(run.stepper, s, x, idx, ctx, run.schedule(s.step), y)
@@ -375,7 +378,8 @@ def _save(run: Run) -> None:
         "data": {"channels": ds.channels, "image_size": list(ds.image_size), "num_train": ds.train.num_images,
                  "mean": list(ds.mean), "std": list(ds.std)},
     }, checkpoint_path(run.run_dir, run.state.step))
-    prune_checkpoints(run.run_dir, keep=2, newest_finite=tensors_finite(weights))  # a finite one always stays
+    if run.cfg.train.keep_checkpoints:  # 0 keeps every one; a finite one always stays
+        prune_checkpoints(run.run_dir, keep=run.cfg.train.keep_checkpoints, newest_finite=tensors_finite(weights))
 
 
 def _launches(run_dir: Path) -> int:
