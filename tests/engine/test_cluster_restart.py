@@ -15,12 +15,16 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
+import torch
 from cluster_kit import Launch, assert_same_run, child_env, metrics, pretrain_argv, torchrun_cmd, wait_for_step
 
 from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.rundir import list_checkpoints
 from selfsup.engine.signals import REQUEUE_EXIT_CODE
 
+pytestmark = pytest.mark.skipif(not (hasattr(signal, "SIGUSR1") and torch.distributed.is_available()),
+                                reason="needs POSIX signals and torch.distributed")
 DEADLINE_S = 300.0
 STEPS = 8  # 32 images / batch 8 = 4 steps per epoch, 2 epochs
 HANDLED = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"  # torchrun's default signals and the requeue signal

@@ -67,7 +67,8 @@ class TrainResult:
     images_per_s: float
     wall_s: float
     final_loss: float
-    stopped: str  # "done" | "max_steps" | "time_limit" | "interrupted" | "requeue" | "collapsed" | "finished" (nothing to do)
+    # "done" | "max_steps" | "time_limit" | "interrupted" | "requeue" | "collapsed" | "finished" (nothing to do)
+    stopped: str
 
 
 @dataclass
