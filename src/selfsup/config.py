@@ -21,6 +21,8 @@ from .config_checks import COUNT_CAP, IMAGE_CAP, SEED_CAP, VIEWS_CAP, WIDTH_CAP,
 from .errors import ConfigError
 
 DEFAULT_METHOD = "simclr"
+# train.requeue_signal: the signal that asks for a checkpoint and a requeue (engine/signals.py); none: not handled
+REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2", "none")
 
 
 @dataclass
@@ -118,6 +120,9 @@ class TrainConfig:
     sync_bn: bool | None = None  # torchrun: synchronised BatchNorm; None = the method's needs_sync_bn
     # torchrun: timeout of every collective (a dead rank ends the run, no hang)
     dist_timeout_min: float = checked(5.0, gt=0)
+    # clusters: on this signal, checkpoint at the step boundary and exit with code 3 for a requeue (none: off;
+    # docs/distributed.md "Clusters: preemption and restarts")
+    requeue_signal: str = checked("SIGUSR1", choices=REQUEUE_SIGNALS)
 
 
 @dataclass

@@ -24,15 +24,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Exit code 0, or REQUEUE_EXIT_CODE (3) after the requeue signal: checkpointed, requeue the job (every rank
+    under torchrun exits with the same code; docs/distributed.md, "Clusters: preemption and restarts")."""
     from ..api import pretrain
+    from ..engine.signals import REQUEUE_EXIT_CODE
 
     cfg = config_from_args(args, cpu_defaults=True)
     res = pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    code = REQUEUE_EXIT_CODE if res.stopped == "requeue" else 0
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
-        return 0
+        return code
     print(f"{res.stopped}: {res.steps} steps ({res.epochs:.2f} epochs) in {res.wall_s:.0f}s, "
           f"{res.images_per_s:.0f} images/s, final loss {res.final_loss:.4f} → {res.run_dir}")
-    return 0
+    return code
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -99,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True, help="run directory")
     pt.add_argument("--resume", nargs="?", const="auto", default=None, choices=["auto"],
                     help="continue the run in --out from its newest readable checkpoint (a damaged one is skipped "
-                         "with a warning); starts fresh when --out has no checkpoint yet. `--resume` = `--resume auto`")
+                         "with a warning); starts fresh when --out has no checkpoint yet, so one command line serves the "
+                         "first launch and every restart (torchrun --max-restarts, a requeued job). `--resume` = "
+                         "`--resume auto`")
     pt.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     pt.add_argument("--quiet", action="store_true")
     pt.set_defaults(fn=cmd_pretrain)

@@ -75,7 +75,7 @@ def check_free_space(run_dir: Path, method: torch.nn.Module, keep: int = 2) -> N
 SAFE_ON_RESUME = (
     "train.time_limit_min", "train.max_steps", "train.checkpoint_every", "train.log_every", "train.knn_every",
     "train.device", "train.compile", "train.channels_last", "train.stop_on_collapse", "train.dist_timeout_min",
-    "train.nan_policy", "data.workers", "data.test_path", "optim.fused",
+    "train.nan_policy", "train.requeue_signal", "data.workers", "data.test_path", "optim.fused",
     "backbone.init",  # read at a fresh start only: a resume continues from the checkpoint's weights
 )
 RESUMES_FILE = "resumes.jsonl"

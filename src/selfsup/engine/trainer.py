@@ -5,8 +5,9 @@ is built), builds data, backbone, method, view pipeline and optimizer from it (e
 :func:`~selfsup.engine.step.train_step` per batch: views on the device → method → loss → backward → clip →
 optimizer step → shared-part updates. It logs to ``metrics.jsonl`` (with the callbacks' values:
 engine/callbacks.py), writes atomic checkpoints (the model, the optimizer and the :class:`TrainState`), resumes
-exactly, stops on a non-finite loss naming the step (the last good checkpoint stays), and honours a wall-clock
-budget (engine/budget.py).
+exactly, stops on a non-finite loss naming the step (the last good checkpoint stays), honours a wall-clock
+budget (engine/budget.py), and stops at a step boundary with a checkpoint on SIGTERM, SIGINT or the requeue
+signal (engine/signals.py).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from .resume import (
 )
 from .rundir import checkpoint_path, prepare_run_dir, prune_checkpoints, truncate_metrics, write_config, write_json
 from .schedules import WarmupCosine, run_schedule
-from .signals import StopOnSignal
+from .signals import StopOnSignal, signal_stop
 from .state import TrainState
 from .step import Stepper, train_step
 
@@ -67,7 +68,8 @@ class TrainResult:
     images_per_s: float
     wall_s: float
     final_loss: float
-    stopped: str  # "done" | "max_steps" | "time_limit" | "interrupted" | "collapsed" | "finished" (nothing to do)
+    # "done" | "max_steps" | "time_limit" | "interrupted" | "requeue" | "collapsed" | "finished" (nothing to do)
+    stopped: str
 
 
 @dataclass
@@ -245,7 +247,7 @@ def _train(run: Run) -> TrainResult:
     """The loop, then the final checkpoint and run.json."""
     t, s, dctx = run.cfg.train, run.state, run.dctx
     view = RunView(run.stepper.method, run.data, run.stepper.device, run.spe, dctx.is_main, run.quiet)
-    stop = StopOnSignal().install()  # SIGTERM/SIGINT: finish the step, checkpoint, exit; restored below
+    stop = StopOnSignal(t.requeue_signal).install()  # SIGTERM/SIGINT/requeue: finish the step, save, exit
     budget = Budget(t.time_limit_min, run.start_step, dctx)
     run.window = [budget.t_start, 0]
     run.t_launch = budget.t_start
@@ -277,8 +279,8 @@ def _train(run: Run) -> TrainResult:
                 if t.checkpoint_every and s.step % t.checkpoint_every == 0 and not end_of_run:
                     _stop_if_non_finite(run)  # never let a checkpoint after a NaN replace the good ones
                     _save(run)
-                if D.broadcast_value(dctx, bool(stop.received)) if dctx.enabled else stop.received:
-                    stopped = "interrupted"
+                if (kind := signal_stop(stop, dctx, end_of_run)) is not None:
+                    stopped = kind
                     break
                 if time_up:
                     stopped = "time_limit"
@@ -393,10 +395,11 @@ def _launches(run_dir: Path) -> int:
 def _finish(run: Run, stopped: str, signal: str | None, wall: float) -> TrainResult:
     """The closing message, the result, and run.json (rank 0)."""
     step, cfg, ckpts = run.state.step, run.cfg, run.run_dir / "checkpoints"
-    if stopped == "interrupted" and not run.quiet:
+    if stopped in ("interrupted", "requeue") and not run.quiet:
         saved = "checkpoint saved" if not run.mid_step else "interrupted mid-step, the last checkpoint is kept"
-        print(f"{signal or 'KeyboardInterrupt'} at step {step}: {saved} in {ckpts}; continue with --resume",
-              file=sys.stderr)
+        then = (" for a requeue; the requeued job continues with --resume" if stopped == "requeue"
+                else "; continue with --resume")
+        print(f"{signal or 'KeyboardInterrupt'} at step {step}: {saved} in {ckpts}{then}", file=sys.stderr)
     if run.stopped_by is not None and not run.quiet:
         print(f"stopped at step {step} {run.stopped_by.stop_message()}; the last checkpoint is kept in {ckpts}",
               file=sys.stderr)
