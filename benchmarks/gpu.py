@@ -87,6 +87,8 @@ class PinnedSplit(InMemorySplit):
             yield x, idx, (self.labels[idx] if self.labels is not None else None)
 
 
+# --data-path: name -> (in-memory train split, device) -> the split the trainer iterates. Another way of feeding the
+# GPU (a shard reader, once the project has one) is one more entry here and becomes a --data-path choice.
 DATA_PATHS = {
     "device": lambda split, device: InMemorySplit(split.images.to(device), split.labels, split.ids),
     "pinned": lambda split, device: PinnedSplit(split.images, split.labels, split.ids, pin=device.type == "cuda"),
@@ -233,14 +235,18 @@ def environment(device: torch.device) -> dict:
 def run_all(a: argparse.Namespace) -> list[dict]:
     device = torch.device("cpu" if a.dry_run else "cuda")
     a.out.mkdir(parents=True, exist_ok=True)
+    a.results.parent.mkdir(parents=True, exist_ok=True)
     data = a.data or str(synthetic_npz(a.out / "dry-data.npz") if a.dry_run else DEFAULT_DATA)
     env = environment(device)
     rows: list[dict] = []
     ds: ImageDataset | None = None
     for i, path in enumerate(a.data_path):
         cfg = run_config(a, data, device, max_steps=None if i == 0 else a.path_steps)
-        ds = ds or load_data(cfg)
+        if ds is None:  # loaded once; every row feeds the same images
+            ds = load_data(cfg)
         rows.append({**train_row(cfg, ds, path, a, device, evaluate=i == 0), **env})
+        with open(a.results, "a") as f:  # each row as soon as it is measured: a later failure keeps it
+            f.write(json.dumps(rows[-1]) + "\n")
     return rows
 
 
@@ -289,10 +295,6 @@ def main() -> None:
     except (ConfigError, DataError, RunDirError, TrainingError) as e:
         print(f"benchmarks/gpu.py: {e}", file=sys.stderr)
         sys.exit(2)
-    a.results.parent.mkdir(parents=True, exist_ok=True)
-    with open(a.results, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
     print(table(rows))
 
 
