@@ -125,3 +125,46 @@ def np_load_ids(path: Path) -> list[str]:
     import numpy as np
 
     return np.load(path)["ids"].tolist()
+
+
+GPU_SCRIPT = ROOT / "benchmarks" / "gpu.py"
+
+
+def test_gpu_benchmark_dry_run_writes_a_row_per_data_path_and_the_table(tmp_path: Path) -> None:
+    """--dry-run: the GPU benchmark's code end to end on the CPU (synthetic 16-px data, ResNet-18 width 0.125,
+    batch 16, a few steps, bf16 autocast and channels_last, no compile): a JSON line per data path, the Markdown
+    table and the comparison with lightly's table (a smoke test of the script, not a measurement)."""
+    results = tmp_path / "gpu.jsonl"
+    r = subprocess.run([sys.executable, str(GPU_SCRIPT), "--dry-run", "--out", str(tmp_path / "out"),
+                        "--results", str(results)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [row["data_path"] for row in rows] == ["device", "pinned", "pageable"]
+    full, *paths = rows
+    assert full["row"] == "full" and full["stopped"] == "done" and full["steps"] == 8 and 0 <= full["knn_top1"] <= 1
+    assert (full["backbone"], full["batch_size"], full["train_images"]) == ("resnet18 w0.125", 16, 64)
+    assert (full["precision"], full["channels_last"], full["compile"]) == ("bf16", True, False)
+    assert all(p["row"] == "data path" and p["stopped"] == "max_steps" and p["steps"] == 4 and p["knn_top1"] is None
+               for p in paths)
+    assert all(row["images_per_s"] > 0 and row["steady_from_step"] == 2 and row["peak_gpu_mem_gib"] is None
+               and row["dry_run"] and row["torch"] and row["cpu"] for row in rows)
+    assert "| row | data path | images/s (steady) | × lightly's 1,900 | peak GPU memory |" in r.stdout
+    assert "| full run | device | " in r.stdout and "| data path | pinned | " in r.stdout
+    assert "| data path | pageable | " in r.stdout and "DRY RUN" in r.stdout
+    assert "vs lightly's CIFAR-10 table" in r.stdout and "vs 87.1 min" in r.stdout and "Goal (" in r.stdout
+
+
+def test_gpu_benchmark_without_cuda_says_so_in_one_line() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the benchmark would run for real")
+    r = subprocess.run([sys.executable, str(GPU_SCRIPT)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and "CUDA" in r.stderr and "--dry-run" in r.stderr
+
+
+def test_gpu_benchmark_names_the_data_paths_it_has() -> None:
+    r = subprocess.run([sys.executable, str(GPU_SCRIPT), "--dry-run", "--data-path", "device,shards"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "'shards' is not a data path; choose from device, pinned, pageable" in r.stderr
