@@ -21,8 +21,7 @@ from .base import DataError, ImageDataset, InMemorySplit
 from .scan import IMAGE_EXTENSIONS, scan_folder
 
 __all__ = ["IMAGE_EXTENSIONS", "BadImage", "decode_bytes", "decode_image", "folder_channels", "load_folder",
-           "scan_folder",
-           "square_array"]
+           "scan_folder", "square_array"]
 
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding (decompression-bomb guard)
 MAX_ASPECT = 100  # a longer side over 100x the shorter is refused before decoding (a 1-px strip, not a photo)
