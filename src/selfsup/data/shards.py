@@ -170,7 +170,7 @@ def open_split(root: str | Path, size: int, *, channels: int | None = None, work
     paths = [_check_shard(root, e, len(classes)) for e in shards]
     if len(set(paths)) != len(paths):
         raise DataError(f"{root / INDEX}: lists a shard more than once")
-    labelled = {"labels" in e for e in shards}
+    labelled = {e.get("labels") is not None for e in shards}
     if len(labelled) > 1:
         raise DataError(f"{root / INDEX}: some shards have labels and others have none")
     counts = [e["count"] for e in shards]
@@ -333,8 +333,9 @@ class ShardSplit:
         except RuntimeError as e:  # the DataLoader's "worker (pid N) exited unexpectedly": never a hang
             if "DataLoader worker" not in str(e):
                 raise
-            raise DataError(f"{self.root}: a reader process died while reading {self._in_flight(order, done, batch_size)}"
-                            f" ({str(e).splitlines()[0]})") from None
+            where = self._in_flight(order, done, batch_size)
+            raise DataError(f"{self.root}: a reader process died while reading {where} "
+                            f"({str(e).splitlines()[0]})") from None
         finally:
             items.close()
 
