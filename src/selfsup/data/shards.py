@@ -365,6 +365,8 @@ def shard_layout(path: Path) -> tuple[Path, Path | None] | None:
     splits = split_folders(path)
     if splits is not None and all((d / INDEX).is_file() for d in splits):
         return splits
+    if next(path.glob("shard-*.tar"), None) is not None:
+        read_index(path)  # shards without their index: the one-line "no index.json" error
     return None
 
 
