@@ -25,8 +25,18 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import DataError
-from .folder import (GRAY_MODES, BadImage, _check_pixels, _check_shape, _reason, _to_8bit, decode_bytes,
-                     decode_image, folder_channels, relative_id)
+from .folder import (
+    GRAY_MODES,
+    BadImage,
+    _check_pixels,
+    _check_shape,
+    _reason,
+    _to_8bit,
+    decode_bytes,
+    decode_image,
+    folder_channels,
+    relative_id,
+)
 from .scan import scan_folder, split_folders
 from .shards import FORMAT, INDEX, SHARD_NAME, VERSION, scan_shard
 

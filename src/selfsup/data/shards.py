@@ -309,7 +309,7 @@ class ShardSplit:
         for x, idx, why in self.read_batches(order, batch_size):
             if why:
                 bad, first = bad + len(why), first or why[0]
-            if x is not None:
+            if x is not None and idx is not None:
                 yield x, idx, (self.labels[idx] if self.labels is not None else None)
         if bad:
             warnings.warn(f"{self.root}: skipped {bad} unreadable images while reading its shards (first: {first})",
