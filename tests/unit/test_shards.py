@@ -55,7 +55,7 @@ def make_folder(root, counts=(4, 4, 4), seed=0):
     for c, n in enumerate(counts):
         for i in range(n):
             ext = "png" if i % 2 == 0 else "jpg"
-            save_image(root / "abc"[c] / f"{i:02d}.{ext}", size=(16 + 2 * i, 24 - i), seed=seed + 10 * c + i)
+            save_image(root / "abc"[c] / f"{i:02d}.{ext}", size=(16 + 2 * (i % 4), 24 - i % 4), seed=seed + 10 * c + i)
     return root
 
 

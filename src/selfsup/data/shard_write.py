@@ -113,10 +113,10 @@ def _reencode(path: Path, cap: int) -> bytes | None:
     when a version whose shorter side is ``MIN_SIDE`` px does not fit either."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        _check_shape(*im.size)
-        _check_pixels(*im.size)
-        im = _to_8bit(im).convert("L" if im.mode in GRAY_MODES else "RGB")  # alpha dropped, as the reader does
+    with Image.open(path) as src:
+        _check_shape(*src.size)
+        _check_pixels(*src.size)
+        im = _to_8bit(src).convert("L" if src.mode in GRAY_MODES else "RGB")  # alpha dropped, as the reader does
     w, h = im.size
     scale = 1.0
     while min(w, h) * scale >= MIN_SIDE:
