@@ -167,6 +167,21 @@ def test_start_batch_continues_the_epoch_exactly(tmp_path):
         assert torch.equal(ia, ib) and torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def test_torchrun_rank_slices_make_up_the_single_process_batches(tmp_path):
+    """engine/distributed.py ``rank_batches``: each rank reads its half of every global batch, from start_batch."""
+    from selfsup.engine import distributed as D
+
+    _, out = make_shards(tmp_path)
+    split, _ = open_split(out, 16)
+    single = list(split.batches(4, shuffle=True, generator=gen(3), drop_last=True, start_batch=1))
+    per_rank = [list(D.rank_batches(split, 4, D.DistContext(r, 2), generator=gen(3), start_batch=1)) for r in (0, 1)]
+    assert len(single) == 2 and all(len(p) == 2 for p in per_rank)
+    for k, (x, idx, y) in enumerate(single):
+        (x0, i0, y0), (x1, i1, y1) = per_rank[0][k], per_rank[1][k]
+        assert i0.shape == (2,) and torch.equal(torch.cat([i0, i1]), idx)
+        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+
+
 def test_a_subset_reads_the_images_it_names(tmp_path):
     root, out = make_shards(tmp_path)
     folder = load_folder(root, 16)
