@@ -53,8 +53,8 @@ def _shard_layout(path: Path) -> tuple[Path, Path | None] | None:
 
 def _load_shard_folder(path: Path, layout: tuple[Path, Path | None], image_size: int | None,
                        test_path: str | None, workers: int) -> tuple[ImageDataset, str | None, str | None]:
-    """A shard folder (or a folder of train/ and val/ shard folders) as a dataset; returns it, the test path
-    still to load (not a shard folder) and the one this loaded (None: none)."""
+    """A shard folder (or a folder of train/ and val/ shard folders) as a dataset; returns it, the test path (given,
+    or the val/ beside train/) and the test path it loaded itself (a shard folder; None: left to _load_test_path)."""
     from .shards import INDEX, load_shards
 
     train_dir, test_dir = layout
