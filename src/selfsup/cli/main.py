@@ -150,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_parser(sub)
     from .embed import add_parser as add_embed_parsers  # embed, neighbors
     add_embed_parsers(sub)
-    from . import classify, select
+    from . import classify, select, shard
     select.add_parser(sub)
     classify.add_parsers(sub)
+    shard.add_parser(sub)
     return p
 
 

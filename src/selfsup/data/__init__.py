@@ -1,4 +1,4 @@
-"""Datasets: one interface for .npz files, image folders, torchvision sets and the embedded MNIST-5k."""
+"""Datasets: one interface for .npz files, image folders, shard folders, torchvision sets and the embedded MNIST-5k."""
 from __future__ import annotations
 
 import warnings
@@ -45,12 +45,38 @@ def _load_test_path(ds: ImageDataset, spec: str, test_path: str, image_size: int
     ds.test = test.train
 
 
+def _shard_layout(path: Path) -> tuple[Path, Path | None] | None:
+    from .shards import shard_layout
+
+    return shard_layout(path)
+
+
+def _load_shard_folder(path: Path, layout: tuple[Path, Path | None], image_size: int | None,
+                       test_path: str | None, workers: int) -> tuple[ImageDataset, str | None, str | None]:
+    """A shard folder (or a folder of train/ and val/ shard folders) as a dataset; returns it, the test path (given,
+    or the val/ beside train/) and the test path it loaded itself (a shard folder; None: left to _load_test_path)."""
+    from .shards import INDEX, load_shards
+
+    train_dir, test_dir = layout
+    if test_path is None and test_dir is not None:
+        test_path = str(test_dir)
+        phase(f"{path} holds {train_dir.name}/ and {test_dir.name}/ shard folders: read as the train split and the "
+              f"test split (pretraining uses {train_dir.name}/ only)")
+    shard_test = test_path if test_path is not None and (Path(test_path) / INDEX).is_file() else None
+    ds = load_shards(train_dir, image_size, test_root=shard_test, workers=workers)
+    ds.name = path.name
+    return ds, test_path, shard_test
+
+
 def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | None = None,
                  workers: int = 0, full_image: float | None = None) -> ImageDataset:
-    """Resolve ``spec``: a registered name (``selfsup list``), a ``.npz`` file, or an image folder (a folder
-    holding only ``train/`` and ``val/`` or ``test/`` is read as those two splits: data/scan.py ``split_folders``).
+    """Resolve ``spec``: a registered name (``selfsup list``), a ``.npz`` file, an image folder (a folder
+    holding only ``train/`` and ``val/`` or ``test/`` is read as those two splits: data/scan.py ``split_folders``),
+    or a shard folder that ``selfsup shard`` wrote (it holds ``index.json`` and ``shard-*.tar``; one holding
+    ``train/`` and ``val/`` shard folders is read as those two splits): data/shards.py. A shard folder always
+    streams through ``workers`` DataLoader workers (at least one).
 
-    ``image_size`` resizes in-memory data once at load time (and sets the decode size of folders).
+    ``image_size`` resizes in-memory data once at load time (and sets the decode size of folders and shards).
     ``test_path`` (``data.test_path``) is the test split: it replaces the dataset's own one, with a warning.
     ``full_image`` (``data.full_image_scale`` when ``data.full_image``): an image folder's training batches are
     whole images with their short side at ``image_size × full_image`` (data/canvas.py); folders only.
@@ -72,6 +98,11 @@ def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | N
         from .npz import load_npz
 
         ds = load_npz(path)
+    elif (layout := _shard_layout(path)) is not None:
+        if full_image is not None:
+            raise DataError(f"data.full_image applies to image folders; {spec} is a shard folder, whose images are "
+                            "read as centred squares")
+        ds, test_path, folder_test = _load_shard_folder(path, layout, image_size, test_path, workers)
     elif path.is_dir():
         from .folder import load_folder
         from .scan import split_folders
@@ -83,7 +114,8 @@ def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | N
             phase(f"{root} holds {path.name}/ and {test_dir.name}/: read as the train split and the test split "
                   f"(pretraining uses {path.name}/ only)" + ("" if str(test_dir) == test_path else
                                                             f"; data.test_path={test_path} is the test split"))
-        folder_test = test_path if test_path is not None and Path(test_path).is_dir() else None
+        folder_test = (test_path if test_path is not None and Path(test_path).is_dir()
+                       and _shard_layout(Path(test_path)) is None else None)  # shards: by _load_test_path
         from .canvas import CanvasSpec
 
         canvas = CanvasSpec.for_size(image_size or 64, full_image) if full_image is not None else None
@@ -97,9 +129,11 @@ def load_dataset(spec: str, image_size: int | None = None, *, test_path: str | N
     if test_path is not None and folder_test is None:
         _load_test_path(ds, spec, test_path, image_size)
     if image_size is not None:
+        train = ds.train
         if isinstance(ds.train, InMemorySplit):
             ds.train = _resize_split(ds.train, image_size, spec)
         if isinstance(ds.test, InMemorySplit):
             ds.test = _resize_split(ds.test, image_size, test_path or spec)
-        ds.mean, ds.std = channel_stats(ds.train)
+        if ds.train is not train:  # folders and shards were decoded at image_size: their statistics stand
+            ds.mean, ds.std = channel_stats(ds.train)
     return ds

@@ -7,6 +7,7 @@ warning; a folder where every file is bad is an error. 16-bit grayscale is scale
 """
 from __future__ import annotations
 
+import io
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ from .base import DataError, ImageDataset, InMemorySplit
 from .canvas import CanvasSpec, collate_canvas, decode_whole
 from .scan import IMAGE_EXTENSIONS, scan_folder
 
-__all__ = ["IMAGE_EXTENSIONS", "BadImage", "decode_image", "folder_channels", "load_folder", "scan_folder",
-           "square_array"]
+__all__ = ["IMAGE_EXTENSIONS", "BadImage", "decode_bytes", "decode_image", "folder_channels", "load_folder",
+           "scan_folder", "square_array"]
 
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding (decompression-bomb guard)
 MAX_ASPECT = 100  # a longer side over 100x the shorter is refused before decoding (a 1-px strip, not a photo)
@@ -68,6 +69,10 @@ def _to_8bit(im):
     return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
     """Decode to uint8 (channels, size, size): the centred square crop resized to ``size``.
 
@@ -75,14 +80,30 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
     JPEGs decode at the smallest DCT scale that still covers ``size`` (``Image.draft``), and only the crop's
     source area is resampled, so a file's cost is bounded by its decoded pixels and ``size**2``.
     """
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as e:
+        raise BadImage(_reason(e)) from None
+    if empty:
+        raise BadImage("empty file")
+    return _decode(path, size, channels)
+
+
+def decode_bytes(data: bytes, size: int, channels: int) -> np.ndarray:
+    """:func:`decode_image` of a file's bytes held in memory (a shard member): the same checks, the same array."""
+    if not data:
+        raise BadImage("empty file")
+    return _decode(io.BytesIO(data), size, channels)
+
+
+def _decode(source, size: int, channels: int) -> np.ndarray:
+    """The decode of :func:`decode_image` from a path or a binary file object."""
     from PIL import Image, ImageFile
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     mode = "L" if channels == 1 else "RGB"
     try:
-        if path.stat().st_size == 0:
-            raise BadImage("empty file")
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             _check_shape(*im.size)
             if im.format == "JPEG":
                 im.draft(mode, (size, size))
@@ -91,7 +112,7 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
     except BadImage:
         raise
     except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), DecompressionBombError ...
-        raise BadImage(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise BadImage(_reason(e)) from None
 
 
 def square_array(im, size: int, channels: int) -> np.ndarray:

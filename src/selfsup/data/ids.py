@@ -4,6 +4,8 @@
   ``test/<row>`` for the test split); a bare row index (``"0"``) names the same train image.
 - An image folder: the file's path relative to the folder, with ``/`` separators (``cat/001.png``), so an id
   survives a re-scan even when unreadable files are skipped.
+- A shard folder (``selfsup shard``): the id each image had in the folder it was written from (its ``.id``
+  member, listed in ``index.json``), so a folder and its shards name their images alike.
 
 A selection file (written by ``selfsup select``) is one id per line, or a CSV whose header starts with ``id``
 (``id,strategy,rank``); :func:`read_selection` reads both and :func:`indices_of` turns the ids into row indices

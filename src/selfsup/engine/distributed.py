@@ -6,8 +6,9 @@ group: NCCL for CUDA, gloo for CPU, with a timeout on every collective so a fail
 error instead of a hang.
 
 - Data: every rank draws the same per-epoch permutation and takes its slice of each global batch
-  (:func:`rank_batches`), so the global batch is the single-process batch; streaming folders get the same slice
-  through their own DataLoader (a DistributedSampler equivalent that keeps the global order).
+  (:func:`rank_batches`), so the global batch is the single-process batch; streaming folders and shard folders
+  get the same slice through their own DataLoader (a DistributedSampler equivalent that keeps the global order;
+  a shard folder's permutation is its own windowed one, data/shards.py).
 - Gradients: after backward, :func:`average_gradients` all-reduces the flattened gradients and divides by W
   (what DDP does, done once per optimizer step, so gradient accumulation needs no ``no_sync``). The gathers in
   :mod:`selfsup.components.gather` are scaled for exactly this average.
@@ -216,8 +217,9 @@ def rank_batches(split: Any, global_batch: int, ctx: DistContext, *, generator: 
                  start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """This rank's slice of every global batch of a shuffled epoch (drop_last), from ``start_batch`` on.
 
-    One process: the split's own ``batches``. In-memory splits index their tensor; streaming folders decode
-    only this rank's files, in the same global order (the DistributedSampler equivalent).
+    One process: the split's own ``batches``. In-memory splits index their tensor; streaming folders and shard
+    folders decode only this rank's images, in the same global order (the DistributedSampler equivalent; a shard
+    folder's order is its own ``epoch_order``, data/shards.py).
     """
     whole = getattr(split, "canvas", None) is not None  # data.full_image: whole-image canvas batches
     if not ctx.enabled:
@@ -226,11 +228,17 @@ def rank_batches(split: Any, global_batch: int, ctx: DistContext, *, generator: 
         return
     from ..data.base import InMemorySplit
     from ..data.folder import StreamingFolderSplit
+    from ..data.shards import ShardSplit
 
     n_batches = split.num_batches(global_batch, drop_last=True)
-    order = torch.randperm(split.num_images, generator=generator)[: n_batches * global_batch]
+    order = split.epoch_order(generator) if isinstance(split, ShardSplit) else \
+        torch.randperm(split.num_images, generator=generator)
+    order = order[: n_batches * global_batch]
     b = global_batch // ctx.world
     mine = order.view(n_batches, ctx.world, b)[start_batch:, ctx.rank].reshape(-1)
+    if isinstance(split, ShardSplit):
+        yield from _shard_rank_batches(split, mine, b, ctx)
+        return
     if isinstance(split, StreamingFolderSplit):
         for x, idx, _ in split.loader(mine, b, canvas=whole):
             if x is None or x.shape[0] != b:  # unreadable files: shapes must agree across ranks
@@ -243,6 +251,19 @@ def rank_batches(split: Any, global_batch: int, ctx: DistContext, *, generator: 
     for i in range(mine.numel() // b):
         idx = mine[i * b : (i + 1) * b]
         yield split.images[idx], idx, (split.labels[idx] if split.labels is not None else None)
+
+
+def _shard_rank_batches(split: Any, mine: torch.Tensor, b: int, ctx: DistContext
+                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """A shard folder's images at ``mine`` (this rank's slices), ``b`` a batch; an unreadable one ends the run."""
+    from ..data.base import DataError
+
+    for x, idx, why in split.read_batches(mine, b):
+        if x is None or idx is None or x.shape[0] != b:  # shapes must agree across ranks
+            raise DataError(f"{split.root}: rank {ctx.rank}: {len(why)} unreadable images in a batch under torchrun "
+                            f"(first: {why[0] if why else '?'}); every rank needs full batches: copy the shards "
+                            "again, or write them again")
+        yield x, idx, (split.labels[idx] if split.labels is not None else None)
 
 
 class NullLogger:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..components.gather import rank, world_size
 from ..data.base import ImageSplit, InMemorySplit
+from ..data.shards import ShardSplit
 from .features import extract_features
 
 
@@ -21,7 +22,7 @@ def shard(split: ImageSplit, r: int, w: int) -> ImageSplit:
     """Rank ``r`` of ``w``'s contiguous share of ``split`` (sizes differ by at most one image)."""
     n = split.num_images
     lo, hi = n * r // w, n * (r + 1) // w
-    if isinstance(split, InMemorySplit):
+    if isinstance(split, (InMemorySplit, ShardSplit)):
         return split.subset(torch.arange(lo, hi))
     if dataclasses.is_dataclass(split) and hasattr(split, "paths"):  # StreamingFolderSplit
         labels = split.labels[lo:hi] if split.labels is not None else None
