@@ -25,9 +25,9 @@ def jepa_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1")
     if pred.shape != target.shape:
         raise ValueError(f"jepa_loss: predictions {tuple(pred.shape)} and targets {tuple(target.shape)} differ")
     if kind == "smooth_l1":
-        return F.smooth_l1_loss(pred.float(), target.float(), beta=1.0)
+        return F.smooth_l1_loss(pred, target, beta=1.0)
     if kind == "l2":
-        return F.mse_loss(pred.float(), target.float())
+        return F.mse_loss(pred, target)
     raise ValueError(f"jepa_loss: kind must be one of {', '.join(JEPA_LOSSES)}, got '{kind}'")
 
 
@@ -43,7 +43,7 @@ def next_patch_mse(pred: torch.Tensor, target: torch.Tensor, prefix: torch.Tenso
         raise ValueError(f"next_patch_mse: predictions {tuple(pred.shape)}, targets {tuple(target.shape)} and "
                          f"prefix {tuple(prefix.shape)} do not fit (B, N, P), (B, N, P), (B,)")
     n = pred.shape[1]
-    per_patch = (pred[:, :-1].float() - target[:, 1:].float()).pow(2).mean(dim=-1)  # (B, N-1): target j = 1..N-1
+    per_patch = (pred[:, :-1] - target[:, 1:]).pow(2).mean(dim=-1)  # (B, N-1): target j = 1..N-1
     j = torch.arange(1, n, device=pred.device)
     m = (j.unsqueeze(0) >= prefix.to(pred.device).unsqueeze(1)).to(per_patch.dtype)
     return (per_patch * m).sum() / m.sum().clamp_min(1.0)
