@@ -251,3 +251,26 @@ def test_aim_prefixes_are_uniform_between_one_and_n_minus_one():
     assert counts.min() > 150  # 4000 / 15 ≈ 267 each
     with pytest.raises(ConfigError, match="at least 2 patches"):
         method.draw_prefix(4, 1, torch.device("cpu"))
+
+
+# -- a whole run -------------------------------------------------------------------------------------------
+def test_an_ijepa_run_with_registers_exports_and_loads_back(tmp_path):
+    """backbone.registers reaches the run's ViT, its checkpoint and its export; load_encoder reads the
+    register count back from the exported weights and gives the run's features."""
+    from conftest import make_blobs
+
+    from selfsup.config import build_run_config
+    from selfsup.engine.export import export_backbone
+    from selfsup.engine.trainer import pretrain
+    from selfsup.use.encoder import load_encoder
+
+    cfg = build_run_config({"method": {"name": "ijepa", **PRED}, "backbone": {"name": "vit-test", "registers": 2},
+                            "train": {"epochs": 1, "batch_size": 8, "device": "cpu", "max_steps": 2},
+                            "optim": {"warmup_epochs": 0.5}})
+    run = tmp_path / "run"
+    pretrain(cfg, run, data=make_blobs(n=16, size=16), quiet=True)
+    path = export_backbone(run, "pt", tmp_path / "bb.pt")
+    enc, ref = load_encoder(path), load_encoder(run)
+    assert enc.backbone.num_registers == ref.backbone.num_registers == 2
+    x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    torch.testing.assert_close(enc.embed(x), ref.embed(x))

@@ -197,3 +197,18 @@ def test_predictor_follows_positions_not_the_order_of_its_inputs():
     assert torch.allclose(p(ctx, ids, tgt[:, [2, 0, 1]], (4, 4)), out[:, [2, 0, 1]], atol=1e-5)
     moved = p(ctx, ids, torch.tensor([[12, 13, 15], [12, 13, 15]]), (4, 4))
     assert not torch.allclose(moved[:, 2], out[:, 2], atol=1e-4)
+
+
+def test_registers_export_loads_into_timm_with_reg_tokens():
+    pytest.importorskip("timm", reason="timm is an optional extra")
+    from timm.models.vision_transformer import VisionTransformer
+
+    m = tiny(registers=2)
+    with torch.no_grad():
+        m.reg_token.normal_()
+    ref = VisionTransformer(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
+                            mlp_ratio=4.0, qkv_bias=True, num_classes=0, global_pool="token", reg_tokens=2).eval()
+    ref.load_state_dict(m.export_state_dict(), strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x), m(x), rtol=1e-4, atol=1e-5)
