@@ -48,6 +48,8 @@ class BackboneConfig:
     cifar_stem: bool = False  # 3x3 stride-1 first conv and no max-pool, for images <= 64 px
     # ViTs: None → 4 for images <= 32 px, 8 for <= 64 px, 16 above
     patch_size: int | None = checked(None, ge=1, cap=IMAGE_CAP)
+    # ViTs: register tokens after CLS (Darcet et al. 2024), dropped from every output; 0: none
+    registers: int = checked(0, ge=0, cap=256)
     # start from these weights (pretrain only; a resume keeps its checkpoint's): a torchvision or timm state
     # dict (.pth/.pt), a .safetensors file or a `selfsup export`; engine/init_weights.py
     init: str | None = checked(None, nonempty=True, hint="a .pth/.pt/.safetensors state dict or a selfsup export")

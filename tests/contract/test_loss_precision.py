@@ -24,6 +24,7 @@ from selfsup.losses import (
     local,
     masked,
     metric,
+    predictive,
     pretext,
     redundancy,
     statistical,
@@ -148,6 +149,12 @@ CASES = {
     "distillation.relational_loss": (distillation.relational_loss,
                                      lambda: (_unit(8, 32, seed=0), _unit(8, 32, seed=1), _unit(24, 32, seed=2),
                                               0.1, 0.04, _mask(24, seed=3) & (torch.arange(24) > 0))),
+    # I-JEPA, AIM
+    "predictive.jepa_loss": (predictive.jepa_loss, lambda: (_g(2, 3, 5, 16, seed=0) * 2, _g(2, 3, 5, 16, seed=1))),
+    "predictive.jepa_loss[l2]": (predictive.jepa_loss, lambda: (_g(2, 3, 5, 16, seed=0), _g(2, 3, 5, 16, seed=1),
+                                                                "l2")),
+    "predictive.next_patch_mse": (predictive.next_patch_mse, lambda: (_g(2, 6, 48, seed=0), _g(2, 6, 48, seed=1),
+                                                                      torch.tensor([1, 4]))),
     # the loss computations that live in method files
     "moco_v3.ctr_loss": (ctr_loss, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), 0.2)),
     "npid.BankLoss": (_bank, lambda: (_g(8, 32, seed=0), _unit(8, 6, 32, seed=1))),

@@ -1,4 +1,4 @@
-"""Patch geometry and masks for masked image modelling (MAE, BEiT).
+"""Patch geometry and masks for masked image modelling (MAE, BEiT, I-JEPA).
 
 * :func:`patchify` / :func:`unpatchify`: images ``(B, C, H, W)`` ↔ patch rows ``(B, N, p·p·C)`` in raster order.
 * :func:`random_masking`: MAE's per-sample random masking with the shuffle/unshuffle index trick
@@ -6,6 +6,8 @@
   kept, and the inverse permutation (``ids_restore``) puts decoder tokens back in raster order.
 * :func:`block_masking`: BEiT's block-wise masking (Bao et al. 2021): rectangles of random area and aspect ratio
   until the target number of patches is masked.
+* :func:`multiblock_masking`: I-JEPA's multi-block masks (Assran et al. 2023): a few target blocks and one
+  large context block with the targets removed from it, as patch indices with equal counts across the batch.
 
 Masks are boolean ``(B, N)`` with ``True`` = masked (hidden from the encoder, predicted by the loss).
 """
@@ -135,3 +137,100 @@ def block_masking(batch: int, grid: tuple[int, int], mask_ratio: float, *, min_p
             free = np.flatnonzero(~m)
             m.reshape(-1)[rng.sample(list(free), target - count)] = True
     return torch.from_numpy(masks.reshape(batch, -1)).to(device)
+
+
+# ------------------------------------------------------------------------------------------ I-JEPA multi-block
+@dataclass
+class MultiBlockMask:
+    """I-JEPA's masks for a batch: ``context`` (B, K_c) the patch indices the context encoder sees (ascending,
+    raster order) and ``targets`` (B, M, K_t) each of the M target blocks' patch indices (raster order). Per
+    sample, no context index is in any target block."""
+
+    context: torch.Tensor
+    targets: torch.Tensor
+
+
+def check_scale(scale: tuple[float, float], key: str) -> None:
+    lo, hi = scale
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ConfigError(f"{key} must be (lo, hi) with 0 < lo <= hi <= 1, got ({lo}, {hi})")
+
+
+def block_size(grid: tuple[int, int], scale: tuple[float, float], aspect: tuple[float, float],
+               generator: torch.Generator | None = None) -> tuple[int, int]:
+    """One block size (h, w) for a whole batch, as I-JEPA draws it: a single uniform ``r`` sets both the area
+    ``int(N·(lo + r·(hi − lo)))`` and the aspect ratio h/w ``= a_lo + r·(a_hi − a_lo)``; h and w are rounded and
+    kept in [1, g − 1] (a block never spans the whole grid, as in the authors' code)."""
+    gh, gw = grid
+    r = float(torch.rand(1, generator=generator))
+    area = int(gh * gw * (scale[0] + r * (scale[1] - scale[0])))
+    ratio = aspect[0] + r * (aspect[1] - aspect[0])
+    h = int(round(math.sqrt(area * ratio)))
+    w = int(round(math.sqrt(area / ratio)))
+    return min(max(h, 1), max(gh - 1, 1)), min(max(w, 1), max(gw - 1, 1))
+
+
+def random_blocks(shape: tuple[int, ...], size: tuple[int, int], grid: tuple[int, int],
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rectangles of ``size`` (h, w) at independent uniform positions on ``grid``: bool (*shape, gh·gw)."""
+    (gh, gw), (h, w) = grid, size
+    top = torch.randint(0, gh - h + 1, shape, generator=generator)
+    left = torch.randint(0, gw - w + 1, shape, generator=generator)
+    rows, cols = torch.arange(gh), torch.arange(gw)
+    in_rows = (rows >= top.unsqueeze(-1)) & (rows < (top + h).unsqueeze(-1))  # (*shape, gh)
+    in_cols = (cols >= left.unsqueeze(-1)) & (cols < (left + w).unsqueeze(-1))  # (*shape, gw)
+    return (in_rows.unsqueeze(-1) & in_cols.unsqueeze(-2)).flatten(-2)
+
+
+def first_indices(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` True positions of each row of ``mask`` (..., N) bool, ascending → (..., k) int64.
+    Every row must hold at least ``k`` True values."""
+    n = mask.shape[-1]
+    pos = torch.arange(n, device=mask.device)
+    return torch.where(mask, pos, pos + n).argsort(dim=-1)[..., :k]
+
+
+def multiblock_masking(batch: int, grid: tuple[int, int], *, num_targets: int = 4,
+                       target_scale: tuple[float, float] = (0.15, 0.2),
+                       target_aspect: tuple[float, float] = (0.75, 1.5),
+                       context_scale: tuple[float, float] = (0.85, 1.0), min_keep: int = 4, tries: int = 20,
+                       generator: torch.Generator | None = None,
+                       device: torch.device | str = "cpu") -> MultiBlockMask:
+    """I-JEPA's multi-block masks (Assran et al. 2023, Sec. 3 and the authors' ``MaskCollator``).
+
+    - One target size per batch (:func:`block_size`, scale ``target_scale``, aspect ``target_aspect``) and one
+      context size (scale ``context_scale``, aspect 1); each sample gets ``num_targets`` target blocks at
+      independent uniform positions (they may overlap one another).
+    - The context: a context-size block at a uniform position with every target patch removed from it. ``tries``
+      positions are drawn per sample; the first that keeps more than ``min_keep`` patches is taken, else the one
+      that keeps the most. The context never holds a target patch. (The authors' code instead lets the context
+      overlap some targets after 20 failed tries; this only happens on tiny grids.)
+    - Equal counts across the batch, the authors' convention: every target block has h·w patches; the context
+      keeps its first ``K_c`` patches in raster order, ``K_c`` the smallest context in the batch (a sample's
+      context loses its last patches, the batch gets one tensor).
+
+    All draws are on the CPU from ``generator`` (None: the global torch RNG); the indices are then moved to
+    ``device``. Under torchrun, draw the masks for the global batch and keep each rank's rows of both tensors
+    (``components/gather.py``: ``global_rows`` / ``rank_rows``): the smallest context is then the global one.
+    """
+    gh, gw = grid
+    if gh < 1 or gw < 1 or num_targets < 1 or tries < 1 or min_keep < 0:
+        raise ValueError(f"multiblock_masking: bad grid {grid}, num_targets {num_targets}, tries {tries} "
+                         f"or min_keep {min_keep}")
+    check_scale(target_scale, "method.target_scale")
+    check_scale(context_scale, "method.context_scale")
+    if not 0.0 < target_aspect[0] <= target_aspect[1]:
+        raise ConfigError(f"method.target_aspect must be (lo, hi) with 0 < lo <= hi, got {tuple(target_aspect)}")
+    t_size = block_size(grid, target_scale, target_aspect, generator)
+    c_size = block_size(grid, context_scale, (1.0, 1.0), generator)
+    targets = random_blocks((batch, num_targets), t_size, grid, generator)  # (B, M, N)
+    covered = targets.any(dim=1)  # (B, N)
+    candidates = random_blocks((batch, tries), c_size, grid, generator) & ~covered.unsqueeze(1)  # (B, T, N)
+    counts = candidates.sum(dim=-1)  # (B, T)
+    valid = counts > min_keep
+    pick = torch.where(valid.any(dim=1), valid.long().argmax(dim=1), counts.argmax(dim=1))  # first valid try
+    context = candidates[torch.arange(batch), pick]  # (B, N)
+    k_context = int(context.sum(dim=-1).min()) if batch else 0
+    ctx_ids = first_indices(context, k_context)
+    tgt_ids = first_indices(targets, t_size[0] * t_size[1])
+    return MultiBlockMask(ctx_ids.to(device), tgt_ids.to(device))

@@ -58,6 +58,7 @@ class Backbone(nn.Module):
     supports_attention: bool = False
     export_key_names: str = "selfsup"
     layer_decay_rule: str = GENERIC_LAYER_DECAY
+    num_registers: int = 0  # register tokens (ViTs built with ``backbone.registers``)
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named intermediate outputs, in order, plus ``"pooled"`` (B, num_features)."""
@@ -99,10 +100,11 @@ class BackboneSpec:
     cifar_stem: bool = False
     image_size: int = 32
     patch_size: int | None = None  # token backbones (ViT); None: chosen from image_size
+    registers: int = 0  # register tokens (ViT; Darcet et al. 2024)
 
 
 def build_backbone(name: str, *, in_channels: int = 3, width: float = 1.0, cifar_stem: bool = False,
-                   image_size: int = 32, patch_size: int | None = None) -> Backbone:
+                   image_size: int = 32, patch_size: int | None = None, registers: int = 0) -> Backbone:
     """Build a registered backbone by name (``selfsup list`` shows the names)."""
     from ..errors import ConfigError
     from ..registry import BACKBONES
@@ -112,5 +114,11 @@ def build_backbone(name: str, *, in_channels: int = 3, width: float = 1.0, cifar
         raise ConfigError(f"backbone.width must be > 0, got {width}")
     if patch_size is not None and patch_size < 1:
         raise ConfigError(f"backbone.patch_size must be >= 1, got {patch_size}")
-    return factory(BackboneSpec(in_channels=in_channels, width=width, cifar_stem=cifar_stem, image_size=image_size,
-                                patch_size=patch_size))
+    if registers < 0:
+        raise ConfigError(f"backbone.registers must be >= 0, got {registers}")
+    backbone = factory(BackboneSpec(in_channels=in_channels, width=width, cifar_stem=cifar_stem,
+                                    image_size=image_size, patch_size=patch_size, registers=registers))
+    if backbone.num_registers != registers:
+        raise ConfigError(f"backbone.registers={registers}: backbone '{name}' has no register tokens "
+                          "(the built-in ViTs have: vit-tiny, vit-small, vit)")
+    return backbone

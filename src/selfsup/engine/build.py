@@ -59,7 +59,7 @@ def build_backbone_for(cfg: RunConfig, channels: int, image_size: int) -> Backbo
     b = cfg.backbone
     in_channels = method_class(cfg).backbone_in_channels(channels)
     return build_backbone(b.name, in_channels=in_channels, width=b.width, cifar_stem=b.cifar_stem,
-                          image_size=image_size, patch_size=b.patch_size)
+                          image_size=image_size, patch_size=b.patch_size, registers=b.registers)
 
 
 def build_method_for(cfg: RunConfig, channels: int, image_size: int, num_train: int,

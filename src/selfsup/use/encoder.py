@@ -243,10 +243,12 @@ def _from_export(path: Path, dev: torch.device) -> Encoder:
         raise CheckpointError(f"{path}: its metadata names backbone '{arch}', which this selfsup does not have")
     size = int(meta["image_size"][0])
     patch = weights.get("patch_embed.proj.weight")
+    reg = weights.get("reg_token")  # (1, R, D): a ViT built with backbone.registers=R
     try:
         backbone = build_backbone(arch, in_channels=int(meta["in_channels"]), width=width,
                                   cifar_stem=bool(meta["cifar_stem"]), image_size=size,
-                                  patch_size=int(patch.shape[-1]) if patch is not None else None)
+                                  patch_size=int(patch.shape[-1]) if patch is not None else None,
+                                  registers=int(reg.shape[1]) if reg is not None and reg.ndim == 3 else 0)
     except (ConfigError, ValueError) as e:
         raise CheckpointError(f"{path}: its metadata does not build a backbone ({e})") from None
     state = _own_names(backbone, weights)
@@ -267,9 +269,9 @@ def _own_names(backbone: Backbone, weights: dict[str, torch.Tensor]) -> dict[str
     own = set(backbone.state_dict())
     out = {}
     for k, v in weights.items():
-        if k == "pos_embed":  # timm's (1, 1 + N, D) with a zero CLS slot; ours is fixed (sincos) or learned (N)
+        if k == "pos_embed":  # timm's (1, T + N, D) with zero CLS (and register) slots; ours: sincos or learned (N)
             if "pos_embed" in own:
-                out[k] = v[:, 1:]
+                out[k] = v[:, 1 + backbone.num_registers:]
             continue
         out[k.replace("patch_embed.proj.", "patch_embed.").replace(".mlp.fc1.", ".mlp.0.")
              .replace(".mlp.fc2.", ".mlp.2.")] = v
