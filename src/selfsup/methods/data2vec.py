@@ -51,7 +51,7 @@ class Data2VecConfig(MethodConfig):
     final_norm: bool = False  # normalise the average per token (the authors' ImageNet config: instead of block_norm)
     loss_beta: float = checked(2.0, ge=0, hint="0: squared error")  # smooth L1's β (data2vec's vision setting)
     # teacher momentum: linear from momentum_base to momentum_final over the first momentum_anneal of training;
-    # data2vec: 0.999 → 0.9999 over ~400k ImageNet updates, here lower for runs of 10^3–10^5 steps
+    # data2vec: 0.999 → 0.9999 over ~400k ImageNet updates; lower here, for runs of 10^3–10^5 steps
     momentum_base: float = checked(0.996, ge=0, le=1)
     momentum_final: float = checked(0.9995, ge=0, le=1)
     momentum_anneal: float = checked(1.0, gt=0, le=1)
