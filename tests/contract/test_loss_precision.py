@@ -161,8 +161,9 @@ CASES = {
     # iBOT, DINOv2, MSN, PMSN
     "distill_vit.masked_patch_distillation": (distill_vit.masked_patch_distillation,
                                               lambda: (_g(4, 40, seed=0), _probs(4, 40, seed=1), _vit_mask(), 0.1)),
-    "distill_vit.ibot_patch_loss": (distill_vit.ibot_patch_loss, lambda: (_g(4, 40, seed=0), _g(4, 40, seed=1),
-                                                                          _g(40, seed=2) * 0.1, _vit_mask(), 0.1, 0.04)),
+    "distill_vit.ibot_patch_loss": (distill_vit.ibot_patch_loss,
+                                    lambda: (_g(4, 40, seed=0), _g(4, 40, seed=1), _g(40, seed=2) * 0.1, _vit_mask(),
+                                             0.1, 0.04)),
     "distill_vit.koleo_loss": (distill_vit.koleo_loss, lambda: (_g(8, 16, seed=0),)),
     "distill_vit.anchor_target_cross_entropy": (distill_vit.anchor_target_cross_entropy,
                                                 lambda: (_unit(3, 8, 40, seed=0), _probs(8, 40, seed=1), 0.1)),

@@ -122,7 +122,8 @@ def prior_kl(mean_probs: torch.Tensor, prior: torch.Tensor | None = None, *, ran
         log_prior = torch.full_like(p, -math.log(k))
     else:
         if prior.shape != p.shape:
-            raise ValueError(f"prior_kl: prior {tuple(prior.shape)} does not match the mean prediction {tuple(p.shape)}")
+            raise ValueError(f"prior_kl: prior {tuple(prior.shape)} does not match the mean prediction "
+                             f"{tuple(p.shape)}")
         log_prior = torch.log(prior.detach().to(p.dtype))
     if ranked:
         p = torch.sort(p, descending=True).values

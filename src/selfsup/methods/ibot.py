@@ -41,7 +41,14 @@ from ..losses.distill_vit import ibot_patch_loss, koleo_loss, masked_patch_disti
 from ..losses.distillation import cross_view_cross_entropy, dino_loss
 from .base import Method, MethodConfig, MethodOutput, ViewBatch, register_method
 from .mae import require_vit
-from .vit_student import drop_path_rates, encode, patch_tokens, per_view_rows, vit_lr_scales
+from .vit_student import (
+    check_drop_path_backbone,
+    drop_path_rates,
+    encode,
+    patch_tokens,
+    per_view_rows,
+    vit_lr_scales,
+)
 
 if TYPE_CHECKING:
     from ..backbones.vit import ViT
@@ -141,6 +148,7 @@ class IBOT(Method):
         self.teacher_temp = LinearWarmup(c.teacher_temp_start, c.teacher_temp, c.teacher_temp_warmup)
         self.teacher_patch_temp = LinearWarmup(c.teacher_patch_temp_start, c.teacher_patch_temp, c.teacher_temp_warmup)
         self.drop_rates = drop_path_rates(backbone.depth, c.drop_path_rate, c.drop_path_uniform)
+        check_drop_path_backbone(backbone, self.drop_rates)
 
     def lr_scales(self) -> dict[str, float]:
         c = self.cfg

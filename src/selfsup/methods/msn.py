@@ -119,7 +119,8 @@ class MSN(Method):
         self.prototypes = nn.Parameter(torch.empty(c.n_prototypes, c.proj_dim))
         bound = c.proj_dim ** -0.5  # MSN's init: uniform in ±1/sqrt(dim)
         nn.init.uniform_(self.prototypes, -bound, bound)
-        self.teacher = EMATeacher(_CLSProjector(self.backbone, self.projector), Cosine(c.momentum_base, c.momentum_final))
+        student = _CLSProjector(self.backbone, self.projector)
+        self.teacher = EMATeacher(student, Cosine(c.momentum_base, c.momentum_final))
         prior = power_law_prior(c.n_prototypes, c.power_law_exponent) if c.prior == "power-law" else None
         self.register_buffer("prior", prior.float() if prior is not None else None, persistent=False)
 

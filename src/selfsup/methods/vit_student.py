@@ -77,15 +77,20 @@ def drop_path_scales(rows: int, views: int, rates: Sequence[float], device: torc
     return per_view_rows(draw, views, rows).to(device)
 
 
+def check_drop_path_backbone(bb, rates: Sequence[float]) -> None:
+    """Stochastic depth runs our ViT's blocks branch by branch: refuse another backbone when a rate is > 0."""
+    if any(r > 0 for r in rates) and not isinstance(bb, ViT):
+        raise ConfigError(f"method.drop_path_rate > 0 needs the project's ViT (backbone vit-tiny, vit-small or vit), "
+                          f"got {type(bb).__name__}: set method.drop_path_rate=0")
+
+
 def encode(bb, x: torch.Tensor, *, views: int = 1, drop_rates: Sequence[float] = (), **embed_kw) -> torch.Tensor:
     """Final-norm tokens of ``x`` (views·B, C, H, W), keywords as in ``ViT.embed`` (``keep``, ``mask``,
     ``mask_token``); ``drop_rates`` (one per block, or empty): stochastic depth, coins drawn per view for the global
     batch (``views`` views of B rows each, in order)."""
     if not any(r > 0 for r in drop_rates):
         return bb.forward_tokens(x, **embed_kw)
-    if not isinstance(bb, ViT):
-        raise ConfigError(f"method.drop_path_rate > 0 needs the project's ViT (backbone vit-tiny, vit-small or vit), "
-                          f"got {type(bb).__name__}: set method.drop_path_rate=0")
+    check_drop_path_backbone(bb, drop_rates)
     if len(drop_rates) != len(bb.blocks):
         raise ValueError(f"{len(drop_rates)} drop-path rates for {len(bb.blocks)} blocks")
     scales = drop_path_scales(x.shape[0] // views, views, drop_rates, x.device)
