@@ -2,8 +2,8 @@
 
 ``mode`` says what the two share:
 
-- ``shared``: one :class:`~selfsup.heads.dino.DINOHead` for both (the iBOT paper's choice, Sec. 3.2 and its
-  ablation; patch and [CLS] distributions then live over the same K prototypes);
+- ``shared``: one :class:`~selfsup.heads.dino.DINOHead` for both (the iBOT paper's default: a shared projection
+  head for [CLS] and patch tokens; both distributions then live over the same K prototypes);
 - ``last-layer``: a shared MLP, a weight-normalised last layer of its own for the patches (iBOT's code with
   ``shared_head false``: ``last_layer2``);
 - ``separate``: two independent heads (DINOv2: "untying the head weights" between the DINO and iBOT losses).
