@@ -213,7 +213,7 @@ class IBOT(Method):
                 "ema_momentum": self.teacher.last_momentum.detach().clone()}
         if c.koleo_weight > 0:
             # the global batch's nearest neighbours (gathered with gradients), one term per global view, summed
-            koleo = sum(koleo_loss(gather_with_grad(v)) for v in cls_g.chunk(n_global))
+            koleo = torch.stack([koleo_loss(gather_with_grad(v)) for v in cls_g.chunk(n_global)]).sum()
             loss = loss + c.koleo_weight * koleo
             logs["koleo"] = koleo.detach()
         if self.center is not None and self.patch_center is not None:

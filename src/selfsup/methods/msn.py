@@ -96,6 +96,7 @@ class _CLSProjector(nn.Module):
                              "view, me-max regulariser, ViT (Assran et al. 2022)")
 class MSN(Method):
     """The student backbone is evaluated (``eval_backbone``); the paper reports the target encoder, close to it."""
+    prior: torch.Tensor | None  # PMSN's power law (K,), rebuilt from the config (not in checkpoints); None: uniform
 
     Config = MSNConfig
     cfg: MSNConfig
