@@ -31,7 +31,8 @@ WORLD = 2
 # random paths run (tile jitter, masking noise)
 EXTRA = {"dino": {"center_momentum": 0.9}, "swav": {"queue_size": 16, "queue_start_epoch": 0},
          "jigsaw": {"gap": 2, "jitter": 1}, "relative-patch": {"gap": 2, "jitter": 1}, "denoising-ae": {"noise": "mask"},
-         "context-encoder": {"mask": "random-blocks"}, "npid": {"loss": "nce"}}
+         "context-encoder": {"mask": "random-blocks"}, "npid": {"loss": "nce"},
+         "ibot": {"center_momentum": 0.9, "patch_center_momentum": 0.9, "mask_probability": 0.5}}
 # Exact 2-vs-1 equivalence needs every random draw inside forward to be splittable: methods draw per-sample
 # randomness (masks, pretext labels, jitter, noise) for the global batch from the rank-synchronised global RNG
 # and keep their rows (components/gather.py: global_rows / rank_rows). A method that cannot do this goes here,

@@ -6,6 +6,7 @@ function of ``selfsup.losses`` (a new loss without an entry fails :func:`test_ev
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -20,6 +21,7 @@ from selfsup.losses import (
     contrastive,
     contrastive_variants,
     covariance_contrast,
+    distill_vit,
     distillation,
     local,
     masked,
@@ -50,6 +52,14 @@ def _probs(*shape: int, seed: int) -> torch.Tensor:
 def _mask(*shape: int, seed: int) -> torch.Tensor:
     m = _g(*shape, seed=seed) > 0
     m.view(-1)[0] = True
+    return m
+
+
+def _vit_mask() -> torch.Tensor:
+    """(3, 5) with 4 masked patches (image 2 has none), matching the (4, K) rows of the patch-loss cases."""
+    m = torch.zeros(3, 5, dtype=torch.bool)
+    m[0, [0, 2, 4]] = True
+    m[1, 3] = True
     return m
 
 
@@ -164,6 +174,18 @@ CASES = {
                                                                 "l2")),
     "predictive.next_patch_mse": (predictive.next_patch_mse, lambda: (_g(2, 6, 48, seed=0), _g(2, 6, 48, seed=1),
                                                                       torch.tensor([1, 4]))),
+    # iBOT, DINOv2, MSN, PMSN
+    "distill_vit.masked_patch_distillation": (distill_vit.masked_patch_distillation,
+                                              lambda: (_g(4, 40, seed=0), _probs(4, 40, seed=1), _vit_mask(), 0.1)),
+    "distill_vit.ibot_patch_loss": (distill_vit.ibot_patch_loss,
+                                    lambda: (_g(4, 40, seed=0), _g(4, 40, seed=1), _g(40, seed=2) * 0.1, _vit_mask(),
+                                             0.1, 0.04)),
+    "distill_vit.koleo_loss": (distill_vit.koleo_loss, lambda: (_g(8, 16, seed=0),)),
+    "distill_vit.anchor_target_cross_entropy": (distill_vit.anchor_target_cross_entropy,
+                                                lambda: (_unit(3, 8, 40, seed=0), _probs(8, 40, seed=1), 0.1)),
+    "distill_vit.prior_kl": (distill_vit.prior_kl, lambda: (_probs(40, seed=0),)),
+    "distill_vit.prior_kl[power-law, ranked]": (functools.partial(distill_vit.prior_kl, ranked=True),
+                                                lambda: (_probs(40, seed=0), _probs(40, seed=1))),
     # the loss computations that live in method files
     "moco_v3.ctr_loss": (ctr_loss, lambda: (_g(8, 32, seed=0), _g(8, 32, seed=1), 0.2)),
     "npid.BankLoss": (_bank, lambda: (_g(8, 32, seed=0), _unit(8, 6, 32, seed=1))),

@@ -6,6 +6,7 @@ from torch import nn
 
 from ..config import OptimConfig
 from ..errors import ConfigError
+from ..methods.base import Method
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
 
@@ -49,8 +50,16 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool = True) -> list[dict]:
-    """Two groups: weights with decay, and norms/biases (1-D parameters) without decay or LARS adaptation."""
+def param_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool = True,
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """Two groups: weights with decay, and norms/biases (1-D parameters) without decay or LARS adaptation.
+
+    ``lr_scales`` (parameter name → lr multiplier, :meth:`~selfsup.methods.base.Method.lr_scales`): each of the
+    two groups is split by scale, and a group whose scale is not 1 carries ``lr_scale`` (the step multiplies the
+    scheduled lr by it). Without scales the groups are exactly the two above.
+    """
+    if lr_scales:
+        return _scaled_groups(model, weight_decay, exclude_norm_bias, lr_scales)
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
@@ -63,10 +72,35 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool 
     return groups
 
 
+def _scaled_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool,
+                   lr_scales: dict[str, float]) -> list[dict]:
+    """:func:`param_groups` split by lr scale: decayed groups first, each kind by decreasing scale."""
+    by_key: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = exclude_norm_bias and p.ndim <= 1
+        by_key.setdefault((no_decay, float(lr_scales.get(name, 1.0))), []).append(p)
+    groups = []
+    for no_decay, scale in sorted(by_key, key=lambda k: (k[0], -k[1])):
+        g: dict = {"params": by_key[(no_decay, scale)], "weight_decay": 0.0 if no_decay else weight_decay}
+        if no_decay:
+            g["lars_exclude"] = True
+        if scale != 1.0:
+            g["lr_scale"] = scale
+        groups.append(g)
+    return groups
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, weight_decay: float,
                     device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.name``; ``lr`` and ``weight_decay`` are already resolved."""
-    groups = param_groups(model, weight_decay, cfg.exclude_norm_bias)
+    """The optimizer named by ``cfg.name``; ``lr`` and ``weight_decay`` are already resolved. A method's
+    :meth:`~selfsup.methods.base.Method.lr_scales` give groups of their own, at ``lr · lr_scale``."""
+    scales = model.lr_scales() if isinstance(model, Method) else None
+    groups = param_groups(model, weight_decay, cfg.exclude_norm_bias, scales)
+    for g in groups:
+        if "lr_scale" in g:
+            g["lr"] = lr * g["lr_scale"]
     fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
     if cfg.name == "sgd":
         for g in groups:

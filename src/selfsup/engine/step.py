@@ -68,7 +68,7 @@ def train_step(s: Stepper, state: TrainState, x: torch.Tensor, idx: torch.Tensor
     """One step at learning rate ``lr`` (``state.step`` is the step being taken; the caller advances it);
     ``labels`` (B,) the batch's class labels, passed on to a method that declares ``needs_labels``."""
     for g in s.optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)  # layer-wise decay groups (Method.lr_scales) keep their ratio
     x, idx = x.to(s.device, non_blocking=True), idx.to(s.device)
     labels = labels.to(s.device) if labels is not None else None
     if s.snapshot is not None:

@@ -139,6 +139,12 @@ class Method(nn.Module):
                           f"(preset {overrides.preset or self.default_augment}, n_views {overrides.n_views}) "
                           f"makes {n}")
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter name (``named_parameters``), for pretraining with layer-wise lr
+        decay (DINOv2); a parameter not named gets 1. The engine's optimizer groups carry them as ``lr_scale`` and
+        every step sets a group's lr to the schedule's value times its scale. Default: none (one lr for all)."""
+        return {}
+
     def eval_backbone(self) -> Backbone:
         """The encoder whose features are evaluated (the online/student backbone by default)."""
         return self.backbone
