@@ -111,6 +111,17 @@ class TrainConfig:
     sync_bn: bool | None = None  # torchrun: synchronised BatchNorm; None = the method's needs_sync_bn
     # torchrun: timeout of every collective (a dead rank ends the run, no hang)
     dist_timeout_min: float = checked(5.0, gt=0)
+    # torchrun: shard parameters, gradients and optimizer state over the ranks (FSDP2, per transformer block);
+    # one process: nothing to shard (a logged note). docs/distributed.md
+    fsdp: bool = False
+    # recompute each ViT block's activations in backward instead of keeping them (memory for compute)
+    activation_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if self.fsdp and self.knn_every:
+            raise ConfigError("train.fsdp: the online kNN monitor (train.knn_every) runs the backbone on rank 0 "
+                              "alone, which sharded weights cannot do; set train.knn_every=0 and evaluate the "
+                              "checkpoint after (selfsup eval), or train.fsdp=false")
 
 
 @dataclass

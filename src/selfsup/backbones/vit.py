@@ -23,6 +23,7 @@ import typing
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from ..registry import BACKBONES
@@ -87,7 +88,15 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (GELU, hidden = ratio·dim)."""
+    """Pre-norm transformer block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (GELU, hidden = ratio·dim).
+
+    ``checkpointed`` (activation checkpointing, set through :meth:`ViT.set_activation_checkpointing`): in training
+    with gradients the block keeps only its input and recomputes its activations in backward
+    (``torch.utils.checkpoint``, non-reentrant). The recomputation is inside the block's ``forward``, so the hooks
+    on the block itself (FSDP2's all-gather and reshard, engine/fsdp.py) stay outside the recomputed region.
+    """
+
+    checkpointed: bool = False
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
@@ -98,6 +107,11 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointed and self.training and torch.is_grad_enabled():
+            return typing.cast(torch.Tensor, checkpoint(self._forward, x, use_reentrant=False))
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
@@ -108,6 +122,7 @@ class ViT(Backbone):
     pos_embed: torch.Tensor
 
     supports_attention = True
+    supports_activation_checkpointing = True
     layer_decay_rule = "vit_layer_decay_groups"
 
     def __init__(self, *, image_size: int = 32, patch_size: int | None = None, in_channels: int = 3,
@@ -217,6 +232,14 @@ class ViT(Backbone):
 
     def layer_decay_groups(self, lr: float, decay: float, weight_decay: float = 0.0) -> list[dict]:
         return vit_layer_decay_groups(self, lr, decay, weight_decay=weight_decay)
+
+    # -- large models (engine/fsdp.py) ---------------------------------------------------------------
+    def repeated_blocks(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        for blk in self.blocks:
+            typing.cast(Block, blk).checkpointed = on
 
     # -- export ---------------------------------------------------------------------------------------
     export_key_names = "timm"
