@@ -41,6 +41,7 @@ from selfsup.engine.rundir import list_checkpoints
 from selfsup.engine.state import TrainState
 from selfsup.engine.step import Stepper, train_step
 from selfsup.engine.trainer import pretrain
+from selfsup.errors import CheckpointError
 from selfsup.methods.base import build_method
 
 CPU = torch.device("cpu")
@@ -301,6 +302,36 @@ def test_export_reads_an_fsdp_run_like_any_other(torchrun_runs, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- one process, bad options
+def test_the_sharded_gradient_norm_and_clip_match_torch_on_whole_tensors():
+    """One process (no all-reduce): the same norm and the same clipped gradients as clip_grad_norm_."""
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    for p, q in zip(a, b):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    total = L.sharded_grad_norm(a, 0.5)
+    torch.testing.assert_close(total, torch.nn.utils.clip_grad_norm_(b, 0.5))
+    assert float(total) > 0.5  # the clip acted
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_optimizer_state_by_name_and_back_is_optimizer_state_dict():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    opt = build_optimizer(model, OptimConfig(name="sgd"), 0.1, 1e-4, CPU)  # two groups: weights, norms/biases
+    model(torch.randn(6, 3)).square().sum().backward()
+    opt.step()
+    plain = opt.state_dict()
+    named = L._keyed_by_name(plain, model, opt, "ckpt.pt")
+    assert set(named["state"]) == {n for n, _ in model.named_parameters()}
+    assert L._keyed_by_id(named) == plain
+    bad = {**plain, "param_groups": plain["param_groups"][:1]}
+    with pytest.raises(CheckpointError, match="ckpt.pt: its optimizer state does not fit"):
+        L._keyed_by_name(bad, model, opt, "ckpt.pt")
+
+
 def test_fsdp_in_one_process_is_a_noted_no_op(fsdp_npz, tmp_path, capsys):
     a = pretrain(_cfg(fsdp_npz, fsdp=True, max_steps=2), tmp_path / "a")
     assert "train.fsdp: one process, nothing to shard" in capsys.readouterr().err

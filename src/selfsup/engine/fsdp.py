@@ -51,8 +51,8 @@ from . import distributed as D
 
 def is_sharded(module: nn.Module) -> bool:
     """Whether ``fully_shard`` was applied to ``module`` (its parameters are DTensor shards)."""
-    if not dist.is_available():
-        return False
+    if not (dist.is_available() and dist.is_initialized()):
+        return False  # sharding needs a running process group (and plain runs skip importing FSDP)
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(module, FSDPModule)
@@ -137,8 +137,9 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 def sharded_grad_norm(params: Iterable[torch.Tensor], max_norm: float | None = None) -> torch.Tensor:
     """The total L2 norm of the gradients of FSDP-sharded parameters (each rank holds a disjoint shard: the
     shards' squared norms are summed over the ranks, one all-reduce), as a plain 0-dim tensor, the same on every
-    rank; with ``max_norm`` the gradients are scaled by ``min(1, max_norm / (norm + 1e-6))`` first, exactly as
-    ``torch.nn.utils.clip_grad_norm_`` scales unsharded ones. inf/NaN when any gradient is."""
+    rank; with ``max_norm`` the gradients are then scaled by ``min(1, max_norm / (norm + 1e-6))``, and the norm
+    before clipping is returned, as ``torch.nn.utils.clip_grad_norm_`` does for unsharded ones. inf/NaN when any
+    gradient is."""
     local = [_local(p.grad) for p in params if p.grad is not None]
     if not local:
         return torch.zeros(())
