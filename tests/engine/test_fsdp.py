@@ -80,7 +80,7 @@ def _run(method, optimizer, rank: int, world: int, steps: range) -> tuple[Steppe
     B/world rows; returns the stepper and the loss averaged over the steps and the ranks."""
     images = make_blobs(n=B * (STEPS + 1), size=16).train.images
     dctx = DistContext(rank, world)
-    s = Stepper(method, method, optimizer, _views, CPU, dctx, micro=B // world, grad_clip=CLIP)  # type: ignore[arg-type]
+    s = Stepper(method, method, optimizer, _views, CPU, dctx, micro=B // world, grad_clip=CLIP)  # views: a function
     state = TrainState(CPU, torch.Generator().manual_seed(1), total_steps=10)
     method.train()
     b = B // world
@@ -179,8 +179,10 @@ def test_the_fsdp_optimizer_state_has_the_plain_layout(name, two_ranks):
     ref, _ = _run(*_model(name), 0, 1, range(STEPS))
     plain = ref.optimizer.state_dict()
     assert [g["params"] for g in optim["param_groups"]] == [g["params"] for g in plain["param_groups"]]
-    assert [{k: v for k, v in g.items() if k != "params"} for g in optim["param_groups"]] == \
-        [{k: v for k, v in g.items() if k != "params"} for g in plain["param_groups"]]
+    def hyper(groups: list[dict]) -> list[dict]:
+        return [{k: v for k, v in g.items() if k != "params"} for g in groups]
+
+    assert hyper(optim["param_groups"]) == hyper(plain["param_groups"])
     assert sorted(optim["state"]) == sorted(plain["state"])
     for i, entry in plain["state"].items():
         assert optim["state"][i].keys() == entry.keys()
@@ -354,8 +356,8 @@ def test_activation_checkpointing_trains_the_same_weights(fsdp_npz, tmp_path):
 
 def test_activation_checkpointing_on_a_batchnorm_backbone_is_a_one_line_error(fsdp_npz, tmp_path):
     cfg = tiny_run_config("simclr", data=fsdp_npz, activation_checkpointing=True)  # the ConvNet
-    with pytest.raises(ConfigError, match="train.activation_checkpointing: backbone 'convnet' does not support") \
-            as e:
+    expected = "train.activation_checkpointing: backbone 'convnet' does not support"
+    with pytest.raises(ConfigError, match=expected) as e:
         pretrain(cfg, tmp_path / "r", quiet=True)
     assert "\n" not in str(e.value)
 

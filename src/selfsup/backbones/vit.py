@@ -6,6 +6,8 @@ and the last block's attention for visualisation.
 * A CLS token; 2-D sin-cos position embeddings (fixed, MAE/MoCo v3) or learned ones. Both follow the input's grid:
   sin-cos is recomputed, learned embeddings are bicubically interpolated, so a model built at 32 px runs at 64 px.
 * Pre-norm blocks ``x + Attn(LN(x))``, ``x + MLP(LN(x))``; attention via ``F.scaled_dot_product_attention``.
+  Large models: the blocks are the FSDP units (``repeated_blocks``) and can recompute their activations in
+  backward (``set_activation_checkpointing``; ``train.fsdp``, ``train.activation_checkpointing``).
 * ``forward`` → pooled features (B, D) (final-norm CLS token, or the mean of patch tokens with ``pool="mean"``);
   ``forward_stages`` → ``block1 … blockN`` tokens (B, 1 + N, D), ``tokens`` (final norm) and ``pooled``;
   ``forward_tokens(x, keep=..., mask=..., mask_token=...)`` for MAE (encode a subset of patches) and BEiT

@@ -219,7 +219,8 @@ def load_full_state(method: nn.Module, optimizer: torch.optim.Optimizer, weights
     )
 
     named = _keyed_by_name(optim_state, method, optimizer, path)
-    set_model_state_dict(method, dict(weights), options=StateDictOptions(full_state_dict=True))
+    full: dict[str, Any] = dict(weights)  # a copy: the loader replaces its entries by this rank's shards
+    set_model_state_dict(method, full, options=StateDictOptions(full_state_dict=True))
     # strict=False: a parameter that had no gradient before the checkpoint (DINO's last layer during its frozen
     # first epoch) has no optimizer state, as in optimizer.state_dict()
     set_optimizer_state_dict(method, optimizer, named, options=StateDictOptions(full_state_dict=True, strict=False))
