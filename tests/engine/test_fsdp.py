@@ -256,7 +256,7 @@ def _losses(run: Path) -> list[float]:
 
 
 def _assert_same_run(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"] and list(a["method"]) == list(b["method"])
+    assert a["step"] == b["step"] and a["method"].keys() == b["method"].keys()
     for k, v in b["method"].items():
         torch.testing.assert_close(a["method"][k], v, rtol=1e-4, atol=1e-6, msg=k)
     oa, ob = a["optimizer"], b["optimizer"]
