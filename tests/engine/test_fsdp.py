@@ -5,6 +5,7 @@
   tests/contract/test_distributed.py), give the same weights, buffers and optimizer state as one process with
   the whole batches. Tolerance as there: the update's relative error < 1e-3 and every entry within
   rtol 1e-3 / atol 1e-5 (three steps instead of one, LARS norms summed over shards: float order differs).
+  SimCLR again with activation checkpointing inside the FSDP units: the same weights.
 - The checkpoint format: the full state FSDP gathers has the keys, shapes and integer optimizer ids of the
   unsharded ``state_dict()``s and loads into a plain one-process model that then trains on identically.
 - The real entry point under a torchrun-like environment (2 processes): a run with ``train.fsdp=true`` equals
@@ -52,17 +53,22 @@ LR, WD, CLIP = 0.5, 1e-4, 0.1  # the clip is small so that clipping acts (on the
 # method → (its options, its optimizer): SimCLR (gathered negatives, SGD) and BYOL (EMA teacher, LARS)
 METHODS = {"simclr": ({"proj_hidden_dim": 32, "proj_dim": 16}, "sgd"),
            "byol": ({"proj_hidden_dim": 64, "proj_dim": 32, "pred_hidden_dim": 64}, "lars")}
+# the sharded runs of the 2-process pool: each method, and SimCLR with activation checkpointing too ("+ac": the
+# blocks recompute inside their FSDP units; compared with the plain one-process run, without checkpointing)
+RUNS = [*METHODS, "simclr+ac"]
 
 
 # ---------------------------------------------------------------------------------- steps on fixed batches
-def _model(name: str, world: int = 1, sharded: bool = False):
-    """The method on the tiny ViT (seed 0, synced BatchNorm in its heads) and its optimizer; sharded over
-    ``world`` ranks first when asked (the process group must be running)."""
+def _model(name: str, world: int = 1, sharded: bool = False, checkpointed: bool = False):
+    """The method on the tiny ViT (seed 0, synced BatchNorm in its heads) and its optimizer; with activation
+    checkpointing and sharded over ``world`` ranks when asked (the process group must be running)."""
     opts, optim = METHODS[name]
     torch.manual_seed(0)
     backbone = build_backbone("vit-test", in_channels=3, width=0.25, image_size=16)
     method = build_method(name, backbone, opts, num_train=B * (STEPS + 1))
     convert_sync_bn(method, CPU)
+    if checkpointed:
+        L.set_activation_checkpointing(method, "vit-test")
     if sharded:
         L.shard_method(method, CPU, world)
     o = L.optim_section(OptimConfig(name=optim), method)
@@ -102,18 +108,19 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=60))
     results: dict = {}
-    for name in METHODS:
+    for key in RUNS:
+        name, checkpointed = key.removesuffix("+ac"), key.endswith("+ac")
         try:
-            method, optimizer = _model(name, WORLD, sharded=True)
+            method, optimizer = _model(name, WORLD, sharded=True, checkpointed=checkpointed)
             s, loss = _run(method, optimizer, rank, WORLD, range(STEPS))
             weights, optim = L.full_state_dicts(method, optimizer)
             shards = (sum(p.to_local().numel() for p in s.params), sum(p.numel() for p in s.params))
             teacher = getattr(method, "target", None)  # BYOL's EMA target
             teacher_sharded = teacher is None or all(isinstance(p, DTensor) for p in teacher.parameters())
-            results[name] = {"loss": loss, "weights": weights, "optim": optim, "shards": shards,
-                             "sharded": s.sharded, "teacher_sharded": teacher_sharded}
-        except Exception:  # recorded; the test of this method reports it
-            results[name] = traceback.format_exc()
+            results[key] = {"loss": loss, "weights": weights, "optim": optim, "shards": shards,
+                            "sharded": s.sharded, "teacher_sharded": teacher_sharded}
+        except Exception:  # recorded; the test of this run reports it
+            results[key] = traceback.format_exc()
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
@@ -131,7 +138,7 @@ def _free_ports(n: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """Every method's sharded 2-process result, computed once: [rank 0's, rank 1's] {name: dict or traceback}."""
+    """Every sharded 2-process run of RUNS, computed once: [rank 0's, rank 1's] {key: dict or traceback}."""
     out = tmp_path_factory.mktemp("fsdp")
     spawn_with_deadline(_worker, (_free_ports(1)[0], str(out)), nprocs=WORLD)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
@@ -150,14 +157,14 @@ def _flat_delta(after: dict, before: dict) -> torch.Tensor:
     return torch.cat([(after[k].float() - before[k].float()).flatten() for k in keys])
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_fsdp_on_two_processes_equals_one_process(name, two_ranks):
-    r = _result(two_ranks, name)
+@pytest.mark.parametrize("key", RUNS)
+def test_fsdp_on_two_processes_equals_one_process(key, two_ranks):
+    r, name = _result(two_ranks, key), key.removesuffix("+ac")
     local, full = r["shards"]
     assert r["sharded"] and 0 < local < full  # really sharded: rank 0 holds part of the parameters
     assert r["teacher_sharded"]  # BYOL's EMA target: sharded like its student
     torch.set_num_threads(1)
-    ref, loss1 = _run(*_model(name), 0, 1, range(STEPS))
+    ref, loss1 = _run(*_model(name), 0, 1, range(STEPS))  # one process, no FSDP, no checkpointing
     assert not ref.sharded
     state1, weights = ref.method.state_dict(), r["weights"]
     assert r["loss"] == pytest.approx(loss1, rel=1e-4, abs=1e-5)
