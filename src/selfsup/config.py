@@ -125,6 +125,17 @@ class TrainConfig:
     # clusters: on this signal, checkpoint at the step boundary and exit with code 3 for a requeue (none: off;
     # docs/distributed.md "Clusters: preemption and restarts")
     requeue_signal: str = checked("SIGUSR1", choices=REQUEUE_SIGNALS)
+    # torchrun: shard parameters, gradients and optimizer state over the ranks (FSDP2, per transformer block);
+    # one process: nothing to shard (a logged note). docs/distributed.md
+    fsdp: bool = False
+    # recompute each ViT block's activations in backward instead of keeping them (memory for compute)
+    activation_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if self.fsdp and self.knn_every:
+            raise ConfigError("train.fsdp: the online kNN monitor (train.knn_every) runs the backbone on rank 0 "
+                              "alone, which sharded weights cannot do; set train.knn_every=0 and evaluate the "
+                              "checkpoint after (selfsup eval), or train.fsdp=false")
 
 
 @dataclass

@@ -14,7 +14,11 @@ subclasses override:
   ("torchvision" for the ResNets, "timm" for the ViT; "selfsup": our own ``state_dict``), and
   :meth:`Backbone.import_state_dict`, its inverse (``backbone.init``: starting from such a file);
 - :meth:`Backbone.layer_decay_groups` and ``layer_decay_rule``: parameter groups for layer-wise lr decay
-  (fine-tuning); the default treats top-level children as layers, ViTs group by transformer block.
+  (fine-tuning); the default treats top-level children as layers, ViTs group by transformer block;
+- :meth:`Backbone.repeated_blocks`: the repeated blocks in forward order (a ViT's transformer blocks), the units
+  FSDP shards one by one (``train.fsdp``, engine/fsdp.py); none by default;
+- ``supports_activation_checkpointing`` and :meth:`Backbone.set_activation_checkpointing`: recompute each
+  block's activations in backward instead of keeping them (``train.activation_checkpointing``; ViTs).
 """
 from __future__ import annotations
 
@@ -56,6 +60,7 @@ class Backbone(nn.Module):
     in_channels: int = 3
     prefers_channels_last: bool = False
     supports_attention: bool = False
+    supports_activation_checkpointing: bool = False
     export_key_names: str = "selfsup"
     layer_decay_rule: str = GENERIC_LAYER_DECAY
     num_registers: int = 0  # register tokens (ViTs built with ``backbone.registers``)
@@ -70,6 +75,18 @@ class Backbone(nn.Module):
     def get_last_attention(self, x: torch.Tensor) -> torch.Tensor:
         """The last block's CLS → patch attention (B, heads, gh, gw); only where ``supports_attention``."""
         raise NotImplementedError(f"{type(self).__name__} has no attention maps (supports_attention is False)")
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The repeated blocks in forward order (a ViT's transformer blocks): what FSDP shards one by one before
+        the method root (engine/fsdp.py). None by default: the whole backbone is then part of the root's unit."""
+        return []
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Recompute each block's activations in backward instead of keeping them (training with gradients
+        only: evaluation, ``no_grad`` and momentum teachers run as usual); only where
+        ``supports_activation_checkpointing``."""
+        raise NotImplementedError(f"{type(self).__name__} has no activation checkpointing "
+                                  "(supports_activation_checkpointing is False)")
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights under the names ``export_key_names`` says (our own ``state_dict`` by default)."""

@@ -43,6 +43,10 @@ class TimmViT(Backbone):
     def layer_decay_groups(self, lr: float, decay: float, weight_decay: float = 0.0) -> list[dict]:
         return block_layer_decay_groups(self, self.depth, lr, decay, weight_decay=weight_decay)
 
+    def repeated_blocks(self) -> list[torch.nn.Module]:
+        """timm's transformer blocks: the FSDP units (engine/fsdp.py)."""
+        return list(self.model.blocks)
+
     def embed(self, x: torch.Tensor, *, keep: torch.Tensor | None = None, mask: torch.Tensor | None = None,
               mask_token: torch.Tensor | None = None) -> torch.Tensor:
         """Prefix (CLS) tokens + patch tokens with position embeddings; ``keep``/``mask`` as in ViT.embed."""

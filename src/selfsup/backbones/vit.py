@@ -6,6 +6,8 @@ and the last block's attention for visualisation.
 * A CLS token; 2-D sin-cos position embeddings (fixed, MAE/MoCo v3) or learned ones. Both follow the input's grid:
   sin-cos is recomputed, learned embeddings are bicubically interpolated, so a model built at 32 px runs at 64 px.
 * Pre-norm blocks ``x + Attn(LN(x))``, ``x + MLP(LN(x))``; attention via ``F.scaled_dot_product_attention``.
+  Large models: the blocks are the FSDP units (``repeated_blocks``) and can recompute their activations in
+  backward (``set_activation_checkpointing``; ``train.fsdp``, ``train.activation_checkpointing``).
 * ``forward`` → pooled features (B, D) (final-norm CLS token, or the mean of patch tokens with ``pool="mean"``);
   ``forward_stages`` → ``block1 … blockN`` tokens (B, 1 + N, D), ``tokens`` (final norm) and ``pooled``;
   ``forward_tokens(x, keep=..., mask=..., mask_token=...)`` for MAE (encode a subset of patches) and BEiT
@@ -27,6 +29,7 @@ import typing
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from ..registry import BACKBONES
@@ -114,7 +117,15 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (GELU, hidden = ratio·dim)."""
+    """Pre-norm transformer block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (GELU, hidden = ratio·dim).
+
+    ``checkpointed`` (activation checkpointing, set through :meth:`ViT.set_activation_checkpointing`): in training
+    with gradients the block keeps only its input and recomputes its activations in backward
+    (``torch.utils.checkpoint``, non-reentrant). The recomputation is inside the block's ``forward``, so the hooks
+    on the block itself (FSDP2's all-gather and reshard, engine/fsdp.py) stay outside the recomputed region.
+    """
+
+    checkpointed: bool = False
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
@@ -125,6 +136,11 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.checkpointed and self.training and torch.is_grad_enabled():
+            return typing.cast(torch.Tensor, checkpoint(self._forward, x, attn_mask, use_reentrant=False))
+        return self._forward(x, attn_mask)
+
+    def _forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), attn_mask)
         return x + self.mlp(self.norm2(x))
 
@@ -141,6 +157,7 @@ class ViT(Backbone):
     reg_token: nn.Parameter | None
 
     supports_attention = True
+    supports_activation_checkpointing = True
     layer_decay_rule = "vit_layer_decay_groups"
 
     def __init__(self, *, image_size: int = 32, patch_size: int | None = None, in_channels: int = 3,
@@ -278,6 +295,14 @@ class ViT(Backbone):
 
     def layer_decay_groups(self, lr: float, decay: float, weight_decay: float = 0.0) -> list[dict]:
         return vit_layer_decay_groups(self, lr, decay, weight_decay=weight_decay)
+
+    # -- large models (engine/fsdp.py) ---------------------------------------------------------------
+    def repeated_blocks(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        for blk in self.blocks:
+            typing.cast(Block, blk).checkpointed = on
 
     # -- export ---------------------------------------------------------------------------------------
     export_key_names = "timm"

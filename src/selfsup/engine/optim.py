@@ -36,7 +36,7 @@ class LARS(torch.optim.Optimizer):
                 if not group["lars_exclude"]:
                     if group["weight_decay"]:
                         g = g.add(p, alpha=group["weight_decay"])
-                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    p_norm, g_norm = _norm(p), _norm(g)
                     q = torch.where((p_norm > 0) & (g_norm > 0),
                                     group["trust_coefficient"] * p_norm / g_norm, torch.ones_like(p_norm))
                     g = g.mul(q)
@@ -48,6 +48,14 @@ class LARS(torch.optim.Optimizer):
                     buf.mul_(group["momentum"]).add_(g)
                 p.add_(buf, alpha=-group["lr"])
         return loss
+
+
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    """||t||₂ as a plain 0-dim tensor; for FSDP2's sharded parameters (DTensors, engine/fsdp.py) the norm over
+    every rank's shard (one all-reduce), so the trust ratio is the unsharded one."""
+    n = torch.linalg.vector_norm(t)
+    full = getattr(n, "full_tensor", None)  # a DTensor's norm is a partial value until reduced
+    return full() if full is not None else n
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool = True,

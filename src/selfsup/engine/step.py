@@ -1,5 +1,6 @@
 """One optimisation step: views on the device → forward under autocast → backward (accumulated over micro-batches)
-→ gradient average over ranks → clip → non-finite check → optimizer step → shared-part updates.
+→ gradient average over ranks → clip → non-finite check → optimizer step → shared-part updates. Under
+``train.fsdp`` the parameters are shards whose gradients FSDP2 has averaged in backward (engine/fsdp.py).
 
 :func:`train_step` is the whole step; :class:`Stepper` holds what does not change from step to step.
 """
@@ -15,6 +16,7 @@ from ..augment.pipeline import MultiViewPipeline, Views
 from ..components.base import StepContext, discard_staged, update_parts
 from ..methods.base import Method, MethodOutput, ViewBatch
 from . import distributed as D
+from .fsdp import is_sharded, sharded_grad_norm
 from .nonfinite import KIND, BufferSnapshot, bad_code, grad_norm
 from .state import TrainState
 
@@ -38,6 +40,8 @@ class Stepper:
 
     def __post_init__(self) -> None:
         self.params: list[torch.Tensor] = [p for p in self.method.parameters() if p.requires_grad]
+        # train.fsdp: the parameters are shards and FSDP2 averages their gradients in backward (engine/fsdp.py)
+        self.sharded = is_sharded(self.method)
         # nan_policy=skip: every buffer is copied before the step and put back if the step is skipped
         self.snapshot = BufferSnapshot(self.method) if self.skip_non_finite else None
 
@@ -75,8 +79,11 @@ def train_step(s: Stepper, state: TrainState, x: torch.Tensor, idx: torch.Tensor
         s.snapshot.take()
     s.optimizer.zero_grad(set_to_none=True)
     loss, out = forward_backward(s, x, idx, ctx, state.aug_gen, labels)
-    D.average_gradients(s.params, s.dctx)
-    gnorm = torch.nn.utils.clip_grad_norm_(s.params, s.grad_clip) if s.grad_clip else grad_norm(s.params)
+    if s.sharded:  # gradients reduce-scattered (averaged) by FSDP2 in backward
+        gnorm = sharded_grad_norm(s.params, s.grad_clip)
+    else:
+        D.average_gradients(s.params, s.dctx)
+        gnorm = torch.nn.utils.clip_grad_norm_(s.params, s.grad_clip) if s.grad_clip else grad_norm(s.params)
     code = bad_code(loss, gnorm)  # 0, or what went non-finite (loss or gradient), on the device
     # the default policy ("stop") never syncs here; "skip" must know now (one host sync per step)
     if s.skip_non_finite and not bool(D.all_finite(code == 0, s.dctx)):

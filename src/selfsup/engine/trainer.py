@@ -27,10 +27,11 @@ from ..config import RunConfig
 from ..data import ImageDataset
 from ..progress import phase
 from . import distributed as D
+from . import fsdp as L
 from .budget import Budget, estimate_message
 from .build import build_run, check_pretraining_data, load_data, method_class, method_name, resolve_device
 from .callbacks import Callback, CollapseCallback, RunView
-from .checkpoint import fsync_path, load_method_state, save_checkpoint
+from .checkpoint import fsync_path, save_checkpoint
 from .compile import SafeCompiled
 from .feed import device_split, prefetch
 from .init_weights import InitReport, check_init_file
@@ -162,12 +163,13 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
         if t.sync_bn:
             convert_sync_bn(method, device)
         D.broadcast_module(method, dctx)
-    spe = data.train.num_batches(t.batch_size, drop_last=True)
-    assert o.lr is not None and o.weight_decay is not None  # resolved
-    optimizer = build_optimizer(method, o, o.lr, o.weight_decay, device)
     D.rank0_call(dctx, lambda: check_free_space(run_dir, method))
     if t.channels_last:
         method.to(memory_format=torch.channels_last)
+    L.prepare_model(method, t, cfg.backbone.name, device, dctx, quiet)  # activation checkpointing, FSDP2
+    spe = data.train.num_batches(t.batch_size, drop_last=True)
+    assert o.lr is not None and o.weight_decay is not None  # resolved
+    optimizer = build_optimizer(method, L.optim_section(o, method), o.lr, o.weight_decay, device)
     aug_gen = torch.Generator(device=device)
     aug_gen.manual_seed(t.seed + 1 + dctx.rank)  # one augmentation stream per rank (rank 0: the 1-process one)
     state = TrainState(device, aug_gen, total_steps=max(1, t.epochs * spe))
@@ -216,8 +218,8 @@ def _restore(run_dir: Path, resume: bool, found: tuple[Path, dict[str, Any]] | N
     ckpt_file, ckpt = found
     changes = check_resume_config(ckpt.get("config"), cfg.to_dict(), ckpt_file)  # before any state loads
     check_resume_data(ckpt.get("data"), data.channels, data.image_size, data.train.num_images, ckpt_file)
-    load_method_state(method, ckpt["method"], ckpt_file)  # weights of another model: one line naming the file
-    optimizer.load_state_dict(ckpt["optimizer"])
+    # weights of another model: one line naming the file; under FSDP each rank keeps its shard (engine/fsdp.py)
+    L.load_full_state(method, optimizer, ckpt["method"], ckpt["optimizer"], ckpt_file)
     msg = state.load_state_dict(ckpt, dctx, cfg.train.seed)
     done = already_finished(run_dir, state.step, state.total_steps, cfg.train.max_steps)
     if done:
@@ -367,15 +369,17 @@ def _stop_if_non_finite(run: Run) -> None:
 
 
 def _save(run: Run) -> None:
-    """Checkpoint the model, the optimizer and the state (every rank calls it: the RNG gather is collective)."""
+    """Checkpoint the model, the optimizer and the state (every rank calls it: the RNG gather is collective, and
+    so is gathering FSDP's shards into full tensors)."""
     state = run.state.state_dict(run.dctx)
     state["log"]["wall_s_total"] = round(run.wall_before + time.perf_counter() - run.t_launch, 3)
+    weights, optim = L.full_state_dicts(run.stepper.method, run.stepper.optimizer)
     if not run.dctx.is_main:
         return
-    ds, weights = run.data, run.stepper.method.state_dict()
+    ds = run.data
     fsync_path(run.run_dir / "metrics.jsonl")  # the log up to this step is as durable as the checkpoint
     save_checkpoint({
-        "method": weights, "optimizer": run.stepper.optimizer.state_dict(), **state,
+        "method": weights, "optimizer": optim, **state,
         "epoch": run.state.step / run.spe, "config": run.cfg.to_dict(), "method_name": run.name,
         "data": {"channels": ds.channels, "image_size": list(ds.image_size), "num_train": ds.train.num_images,
                  "mean": list(ds.mean), "std": list(ds.std)},
@@ -416,6 +420,7 @@ def _finish(run: Run, stopped: str, signal: str | None, wall: float) -> TrainRes
         "wall_s_total": round(run.wall_before + wall, 1), "launches": _launches(run.run_dir),
         "final_loss": run.last_loss,
         "stopped": stopped, "signal": signal, "device": str(run.stepper.device), "world_size": run.dctx.world,
+        "fsdp": run.stepper.sharded,
         "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "optimizer": cfg.optim.name, **extra,
     })
     return result
