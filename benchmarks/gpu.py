@@ -12,11 +12,12 @@ warm-up then cosine), ResNet-18 width 1.0 with the CIFAR stem, batch 512, 32 px,
 
 One row per ``--data-path``, i.e. per way the stored uint8 train images reach the GPU:
 
-- ``device``: the train split moved to the GPU once; every batch is indexed there (no per-batch copy);
-- ``pinned``: the split stays on the host; every batch is gathered straight into page-locked memory, so the
-  trainer's ``x.to(device, non_blocking=True)`` is an asynchronous copy;
-- ``pageable``: the split as ``selfsup pretrain`` holds it: indexed on the host and copied from pageable memory,
-  a copy the host waits for.
+- ``device``: what ``selfsup pretrain`` does on a GPU (``data.device_cache``, engine/feed.py): the train split
+  copied to the GPU once; every batch is indexed there (no per-batch copy);
+- ``pinned``: the split stays on the host (``data.device_cache=false``); every batch is gathered straight into
+  page-locked memory, so the copy is asynchronous and the loop's prefetch overlaps it with the step;
+- ``pageable``: the split stays on the host and each batch is copied from pageable memory, a copy the host
+  waits for (what the loop did before the device cache).
 
 The first row trains ``--epochs`` epochs and is evaluated; the others run the same training (same config and
 schedule) for ``--path-steps`` steps and report speed only. Every row reports images/s in steady state (from the
@@ -90,7 +91,7 @@ class PinnedSplit(InMemorySplit):
 # --data-path: name -> (in-memory train split, device) -> the split the trainer iterates. Another way of feeding the
 # GPU (a shard reader, once the project has one) is one more entry here and becomes a --data-path choice.
 DATA_PATHS = {
-    "device": lambda split, device: InMemorySplit(split.images.to(device), split.labels, split.ids),
+    "device": lambda split, device: split,  # the engine copies it to the GPU itself (data.device_cache)
     "pinned": lambda split, device: PinnedSplit(split.images, split.labels, split.ids, pin=device.type == "cuda"),
     "pageable": lambda split, device: split,
 }
@@ -150,13 +151,15 @@ def synthetic_npz(path: Path, n: int = 64, size: int = 16, classes: int = 4) -> 
     return path
 
 
-def run_config(a: argparse.Namespace, data: str, device: torch.device, max_steps: int | None) -> RunConfig:
+def run_config(a: argparse.Namespace, data: str, device: torch.device, max_steps: int | None,
+               path: str = "device") -> RunConfig:
     ns = argparse.Namespace(
         config=None, method="simclr", data=data, image_size=None, backbone="resnet18", width=a.width,
         cifar_stem=True, epochs=a.epochs, max_steps=max_steps, time_limit_min=None, batch_size=a.batch_size,
         lr=None, optimizer=None, seed=a.seed, device=device.type, compile=a.compile, knn_every=None,
         checkpoint_every=None, set=a.set)
-    base = {"train": {"precision": "bf16", "channels_last": True, "log_every": a.log_every}}
+    base = {"train": {"precision": "bf16", "channels_last": True, "log_every": a.log_every},
+            "data": {"device_cache": path == "device"}}
     return config_from_args(ns, base=base)
 
 
@@ -241,7 +244,7 @@ def run_all(a: argparse.Namespace) -> list[dict]:
     rows: list[dict] = []
     ds: ImageDataset | None = None
     for i, path in enumerate(a.data_path):
-        cfg = run_config(a, data, device, max_steps=None if i == 0 else a.path_steps)
+        cfg = run_config(a, data, device, max_steps=None if i == 0 else a.path_steps, path=path)
         if ds is None:  # loaded once; every row feeds the same images
             ds = load_data(cfg)
         rows.append({**train_row(cfg, ds, path, a, device, evaluate=i == 0), **env})

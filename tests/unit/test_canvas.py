@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import save_png
 
 from selfsup.augment import ops
 from selfsup.augment.pipeline import MultiViewPipeline, ViewSpec
@@ -128,6 +127,14 @@ def test_canvas_moves_and_slices_like_a_tensor():
     assert c.to(CPU, non_blocking=True).shape == c.shape and len(c) == 6 and c.dtype == torch.uint8
     x, idx, bad = collate_canvas([((np.zeros((3, 4, 4), np.uint8), 3, 4), 0), (None, 1), ((np.ones((3, 4, 4), np.uint8), 4, 2), 2)])
     assert bad == 1 and idx.tolist() == [0, 2] and x.extent.tolist() == [[3, 4], [4, 2]]
+
+
+def save_png(path, size, seed=0):
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(g.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(path)
 
 
 def _folder(root, sizes):

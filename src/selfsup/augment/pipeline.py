@@ -171,9 +171,9 @@ class MultiViewPipeline:
         self.transforms = [ViewTransform(s, self.mean, self.std) for s in self.specs]
 
     def __call__(self, x: torch.Tensor | Canvas, gen: torch.Generator | None = None) -> Views:
-        extent = None
-        if isinstance(x, Canvas):  # whole images (data.full_image): every view is cropped inside each extent
-            x, extent = x.pixels, x.extent
+        extent = x.extent if isinstance(x, Canvas) else None  # whole images (data.full_image): crops inside each
+        if isinstance(x, Canvas):
+            x = x.pixels
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         if not self.record_boxes:

@@ -137,7 +137,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.checkpointed and self.training and torch.is_grad_enabled():
-            return typing.cast(torch.Tensor, checkpoint(self._forward, x, attn_mask, use_reentrant=False))
+            return checkpoint(self._forward, x, attn_mask, use_reentrant=False)
         return self._forward(x, attn_mask)
 
     def _forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
