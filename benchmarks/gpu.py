@@ -17,7 +17,10 @@ One row per ``--data-path``, i.e. per way the stored uint8 train images reach th
 - ``pinned``: the split stays on the host (``data.device_cache=false``); every batch is gathered straight into
   page-locked memory, so the copy is asynchronous and the loop's prefetch overlaps it with the step;
 - ``pageable``: the split stays on the host and each batch is copied from pageable memory, a copy the host
-  waits for (what the loop did before the device cache).
+  waits for (what the loop did before the device cache);
+- ``shards``: the same images as JPEG files (quality 95) written into tar shards (``selfsup shard``'s writer),
+  read by ``--workers`` DataLoader workers and decoded on the GPU (``data.decode=device``), the path of a
+  collection too large for memory.
 
 The first row trains ``--epochs`` epochs and is evaluated; the others run the same training (same config and
 schedule) for ``--path-steps`` steps and report speed only. Every row reports images/s in steady state (from the
@@ -69,7 +72,7 @@ LIGHTLY_EPOCH_IMAGES = 50_000  # their epochs are of CIFAR-10's full training se
 GOAL_IMAGES_PER_S, GOAL_MIN_200 = 20_000, 8.71
 SIZES = {  # key: (real run, --dry-run); a value given on the command line wins
     "width": (1.0, 0.125), "batch_size": (512, 16), "epochs": (100, 2), "log_every": (20, 1),
-    "warmup_steps": (100, 2), "path_steps": (300, 4),
+    "warmup_steps": (100, 2), "path_steps": (300, 4), "workers": (8, 1),
 }
 
 
@@ -94,7 +97,29 @@ DATA_PATHS = {
     "device": lambda split, device: split,  # the engine copies it to the GPU itself (data.device_cache)
     "pinned": lambda split, device: PinnedSplit(split.images, split.labels, split.ids, pin=device.type == "cuda"),
     "pageable": lambda split, device: split,
+    "shards": lambda split, device: split,  # not fed: the row reads a shard copy of the images (shard_copy)
 }
+
+
+def shard_copy(ds: ImageDataset, out: Path) -> Path:
+    """The train split as JPEG files (quality 95, one folder per class) written into shards by ``selfsup shard``'s
+    writer, once (kept in ``out``): the data path of a large collection, JPEGs decoded on the GPU."""
+    from PIL import Image
+
+    from selfsup.data.shard_write import write_shards
+
+    shards = out / "shards"
+    if (shards / "index.json").is_file():
+        return shards
+    images, labels = ds.train.images, ds.train.labels
+    for i in range(images.shape[0]):
+        cls = f"c{int(labels[i])}" if labels is not None else "all"
+        p = out / "jpeg" / cls / f"{i:06d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        a = images[i].permute(1, 2, 0).numpy()
+        Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).save(p, quality=95)
+    write_shards(out / "jpeg", shards)
+    return shards
 
 
 def data_paths(text: str) -> list[str]:
@@ -109,7 +134,7 @@ def data_paths(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help=f"default {DEFAULT_DATA} (--dry-run: a synthetic 16-px set)")
-    p.add_argument("--data-path", type=data_paths, default=list(DATA_PATHS), help="default device,pinned,pageable")
+    p.add_argument("--data-path", type=data_paths, default=list(DATA_PATHS), help="default device,pinned,pageable,shards")
     p.add_argument("--epochs", type=int, help="epochs of the first row (default 100; --dry-run 2)")
     p.add_argument("--batch-size", type=int, help="default 512 (--dry-run 16)")
     p.add_argument("--width", type=float, help="backbone width (default 1.0; --dry-run 0.125)")
@@ -118,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--path-steps", type=int, help="steps of each row after the first (default 300)")
     p.add_argument("--no-compile", action="store_true", help="run eager (compile is on except in --dry-run)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, help="DataLoader workers of the shards row (default 8; --dry-run 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, help="run directories (default runs/gpu-bench)")
     p.add_argument("--results", type=Path, help="JSON lines (default runs/gpu-results.jsonl)")
@@ -192,7 +218,7 @@ def train_row(cfg: RunConfig, ds: ImageDataset, path: str, a: argparse.Namespace
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    res = pretrain(cfg, run_dir, overwrite=True, data=fed(ds, path, device))
+    res = pretrain(cfg, run_dir, overwrite=True, data=None if path == "shards" else fed(ds, path, device))
     t1 = time.perf_counter()
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     ips, from_step = steady_images_per_s(run_dir / "metrics.jsonl", cfg.train.batch_size, a.warmup_steps)
@@ -247,6 +273,12 @@ def run_all(a: argparse.Namespace) -> list[dict]:
         cfg = run_config(a, data, device, max_steps=None if i == 0 else a.path_steps, path=path)
         if ds is None:  # loaded once; every row feeds the same images
             ds = load_data(cfg)
+        if path == "shards":  # the same images as JPEGs in shards, read by workers, decoded on the device
+            shard_dir = shard_copy(ds, a.out / "shard-data")
+            a_shards = argparse.Namespace(**{**vars(a), "set": [*a.set, "data.decode=device",
+                                                                f"data.workers={a.workers}",
+                                                                f"data.image_size={ds.image_size[0]}"]})
+            cfg = run_config(a_shards, str(shard_dir), device, max_steps=None if i == 0 else a.path_steps, path=path)
         rows.append({**train_row(cfg, ds, path, a, device, evaluate=i == 0), **env})
         with open(a.results, "a") as f:  # each row as soon as it is measured: a later failure keeps it
             f.write(json.dumps(rows[-1]) + "\n")

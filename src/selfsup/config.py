@@ -39,6 +39,9 @@ class DataConfig:
     full_image_scale: float = checked(1.0, ge=1, le=4)
     # CUDA: in-memory training data is copied to the GPU once when it takes <= 1/4 of its free memory (engine/feed.py)
     device_cache: bool = True
+    # shard folders: where JPEGs are decoded for training: in the DataLoader workers, or on the training device
+    # (torchvision.io.decode_jpeg, batched; data/device_decode.py); auto: on the device when it is a GPU
+    decode: str = checked("auto", choices=("auto", "workers", "device"))
 
 
 @dataclass

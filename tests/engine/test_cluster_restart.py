@@ -83,3 +83,26 @@ def test_sigusr1_to_torchrun_checkpoints_every_rank_at_one_step_and_exits_for_a_
     assert len(ckpts) == 1 and load_checkpoint(ckpts[0])["step"] == info["steps"]
     assert 2 <= info["steps"] < 400 * 4
     assert metrics(run)[-1]["step"] == info["steps"]
+
+
+def test_each_torchrun_launch_has_its_own_keys_in_the_agents_store(monkeypatch):
+    """torchrun keeps one store for the job across restarts: a restarted rank must not read the keys (gloo
+    addresses, barrier counts) of the launch before, whose processes are gone."""
+    from datetime import timedelta
+
+    from selfsup.engine.distributed import _launch_store
+
+    server = torch.distributed.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(server.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    stores = {}
+    for launch in ("0", "1"):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", launch)
+        stores[launch] = _launch_store(1, timedelta(seconds=5))
+    stores["0"].set("default_pg/0//cpu/rank_0", "dead address")
+    assert not stores["1"].check(["default_pg/0//cpu/rank_0"])
+    stores["1"].set("default_pg/0//cpu/rank_0", "live address")
+    assert stores["1"].get("default_pg/0//cpu/rank_0") == b"live address"
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # the rank-0 store of env:// is new every launch
+    assert _launch_store(1, timedelta(seconds=5)) is None

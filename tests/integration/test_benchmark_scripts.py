@@ -139,7 +139,7 @@ def test_gpu_benchmark_dry_run_writes_a_row_per_data_path_and_the_table(tmp_path
                         "--results", str(results)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [row["data_path"] for row in rows] == ["device", "pinned", "pageable"]
+    assert [row["data_path"] for row in rows] == ["device", "pinned", "pageable", "shards"]
     full, *paths = rows
     assert full["row"] == "full" and full["stopped"] == "done" and full["steps"] == 8 and 0 <= full["knn_top1"] <= 1
     assert (full["backbone"], full["batch_size"], full["train_images"]) == ("resnet18 w0.125", 16, 64)
@@ -150,7 +150,7 @@ def test_gpu_benchmark_dry_run_writes_a_row_per_data_path_and_the_table(tmp_path
                and row["dry_run"] and row["torch"] and row["cpu"] for row in rows)
     assert "| row | data path | images/s (steady) | × lightly's 1,900 | peak GPU memory |" in r.stdout
     assert "| full run | device | " in r.stdout and "| data path | pinned | " in r.stdout
-    assert "| data path | pageable | " in r.stdout and "DRY RUN" in r.stdout
+    assert "| data path | pageable | " in r.stdout and "| data path | shards | " in r.stdout and "DRY RUN" in r.stdout
     assert "vs lightly's CIFAR-10 table" in r.stdout and "vs 87.1 min" in r.stdout and "Goal (" in r.stdout
 
 
@@ -165,6 +165,6 @@ def test_gpu_benchmark_without_cuda_says_so_in_one_line() -> None:
 
 
 def test_gpu_benchmark_names_the_data_paths_it_has() -> None:
-    r = subprocess.run([sys.executable, str(GPU_SCRIPT), "--dry-run", "--data-path", "device,shards"],
+    r = subprocess.run([sys.executable, str(GPU_SCRIPT), "--dry-run", "--data-path", "device,nvme"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert r.returncode == 2 and "'shards' is not a data path; choose from device, pinned, pageable" in r.stderr
+    assert r.returncode == 2 and "'nvme' is not a data path; choose from device, pinned, pageable, shards" in r.stderr

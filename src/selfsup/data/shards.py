@@ -199,6 +199,7 @@ class _ShardItems(torch.utils.data.Dataset):
     def __init__(self, split: "ShardSplit") -> None:
         self.shards, self.shard_of, self.offsets, self.sizes = split.shards, split.shard_of, split.offsets, split.sizes
         self.members, self.ids, self.size, self.channels = split.members, split.ids, split.size, split.channels
+        self.raw = split.decode_device is not None  # data.decode=device: the bytes, decoded by the main process
         self._files: dict[int, Any] = {}
 
     def __len__(self) -> int:
@@ -209,6 +210,8 @@ class _ShardItems(torch.utils.data.Dataset):
             data = self._read(i)
         except _ShardFault as e:
             return None, i, str(e), True
+        if self.raw:
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8), i, None, False
         try:
             return torch.from_numpy(decode_bytes(data, self.size, self.channels)), i, None, False
         except BadImage as e:
@@ -249,13 +252,18 @@ class _ShardItems(torch.utils.data.Dataset):
         return {**self.__dict__, "_files": {}}
 
 
-def _collate(items):
+def _collate(items, stack: bool = True):
     fatal = next((why for _, _, why, is_fatal in items if is_fatal), None)
     good = [(x, i) for x, i, _, _ in items if x is not None]
     why = [w for x, _, w, is_fatal in items if x is None and not is_fatal]
     if not good:
         return None, None, why, fatal
-    return torch.stack([x for x, _ in good]), torch.tensor([i for _, i in good], dtype=torch.int64), why, fatal
+    xs = [x for x, _ in good]
+    return (torch.stack(xs) if stack else xs), torch.tensor([i for _, i in good], dtype=torch.int64), why, fatal
+
+
+def _collate_raw(items):
+    return _collate(items, stack=False)
 
 
 @dataclass
@@ -274,6 +282,7 @@ class ShardSplit:
     channels: int
     workers: int = 2
     window: int = 8  # shards whose images are shuffled together
+    decode_device: torch.device | None = None  # data.decode=device: decode there, not in the workers
 
     @property
     def num_images(self) -> int:
@@ -321,14 +330,17 @@ class ShardSplit:
         ``(images or None, their indices or None, why each unreadable one was left out)``."""
         items = _ShardItems(self)
         loader = torch.utils.data.DataLoader(
-            items, batch_size=batch_size, sampler=order.tolist(), num_workers=self.workers, collate_fn=_collate,
-            persistent_workers=False, pin_memory=torch.cuda.is_available())
+            items, batch_size=batch_size, sampler=order.tolist(), num_workers=self.workers,
+            collate_fn=_collate_raw if items.raw else _collate, persistent_workers=False,
+            pin_memory=torch.cuda.is_available() and not items.raw)
         done = 0
         try:
             for x, idx, why, fatal in loader:
                 if fatal is not None:
                     raise DataError(fatal)
                 done += 1
+                if items.raw and x is not None and idx is not None:
+                    x, idx, why = self._decode_on_device(x, idx, why)
                 yield x, idx, why
         except RuntimeError as e:  # the DataLoader's "worker (pid N) exited unexpectedly": never a hang
             if "DataLoader worker" not in str(e):
@@ -338,6 +350,19 @@ class ShardSplit:
                             f"({str(e).splitlines()[0]})") from None
         finally:
             items.close()
+
+    def _decode_on_device(self, encoded: list[torch.Tensor], idx: torch.Tensor, why: list[str]
+                          ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+        """A batch of member bytes decoded on ``decode_device`` (data/device_decode.py); undecodable ones left out."""
+        from .device_decode import decode_batch
+
+        assert self.decode_device is not None
+        x, bad = decode_batch(encoded, self.size, self.channels, self.decode_device)
+        if bad:
+            why = [*why, *(f"{self.ids[int(idx[i])]}: not decodable on {self.decode_device}" for i in bad)]
+            keep = torch.tensor([i for i in range(len(encoded)) if i not in set(bad)], dtype=torch.int64)
+            idx = idx[keep] if len(keep) else None
+        return x, idx, why
 
     def _in_flight(self, order: torch.Tensor, done: int, batch_size: int) -> str:
         """The shards of the batches being read after ``done`` delivered ones (a DataLoader prefetches 2 a worker)."""

@@ -75,8 +75,9 @@ def init_distributed(device_name: str, timeout_min: float = 5.0) -> tuple[DistCo
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(minutes=timeout_min), rank=rank, world_size=world)
+        timeout = timedelta(minutes=timeout_min)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
+                                store=_launch_store(world, timeout), rank=rank, world_size=world)
     ctx = DistContext(rank, world, local)
     kinds: list[str | None] = [None] * world
     dist.all_gather_object(kinds, device.type)
@@ -84,6 +85,22 @@ def init_distributed(device_name: str, timeout_min: float = 5.0) -> tuple[DistCo
         raise ConfigError(f"ranks run on different device types {kinds}: every rank must use the same "
                           "train.device (all CUDA with NCCL, or all CPU with gloo)")
     return ctx, device
+
+
+def _launch_store(world: int, timeout: timedelta) -> dist.Store | None:
+    """This launch's own key space in torchrun's store; None: ``env://`` as usual.
+
+    torchrun's agent serves one TCP store (at MASTER_ADDR:MASTER_PORT) for the whole job and keeps it across
+    ``--max-restarts`` restarts, while the process group writes the same keys on every launch (each rank's gloo
+    address, the init barrier's counter). A restarted rank would read the address of a rank killed in the
+    previous launch ("Connection refused") or pass a barrier that counted the dead ranks. The launch's
+    ``TORCHELASTIC_RESTART_COUNT`` gives every launch a fresh prefix.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"selfsup/launch_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def shutdown() -> None:

@@ -14,6 +14,7 @@ The per-sample batched augmentation runs on the device either way (augment/pipel
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -25,9 +26,15 @@ DEVICE_CACHE_FRACTION = 0.25
 Batch = tuple[Any, torch.Tensor, torch.Tensor | None]
 
 
-def device_split(split: Any, device: torch.device, enabled: bool = True) -> Any:
+def device_split(split: Any, device: torch.device, enabled: bool = True, decode: str = "auto") -> Any:
     """``split`` with its images on ``device`` when that is a CUDA device, the split is in memory and it fits;
-    the split itself otherwise (it is never modified: evaluation keeps reading the host copy)."""
+    a shard folder decoding on ``device`` when ``decode`` says so (``data.decode``: ``device``, or ``auto`` on a
+    GPU); the split itself otherwise (it is never modified: evaluation keeps reading it as it was)."""
+    from ..data.shards import ShardSplit
+
+    if isinstance(split, ShardSplit):
+        on_device = decode == "device" or (decode == "auto" and device.type == "cuda")
+        return dataclasses.replace(split, decode_device=device) if on_device else split
     if not enabled or device.type != "cuda" or not isinstance(split, InMemorySplit):
         return split
     free, _ = torch.cuda.mem_get_info(device)

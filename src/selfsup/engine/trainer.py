@@ -188,7 +188,7 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     return Run(cfg, run_dir, data, stepper, state, spe, _schedule(cfg, spe, state.total_steps), logger, callbacks,
                quiet, name=method_name(cfg), start_step=state.step, finished=finished,
                skipped_before=state.skipped, wall_before=state.wall_before,
-               train_split=device_split(data.train, device, cfg.data.device_cache))
+               train_split=device_split(data.train, device, cfg.data.device_cache, cfg.data.decode))
 
 
 def _report_init(run_dir: Path, report: InitReport, dctx: D.DistContext, quiet: bool) -> None:
