@@ -103,7 +103,7 @@ def selfsup_loader(root: Path, px: int, batch: int, workers: int, whole: bool):
 def shard_loader(root: Path, px: int, batch: int, workers: int, shard_dir: Path):
     try:
         from selfsup.data import load_dataset
-        from selfsup.data.shards import write_shards
+        from selfsup.data.shard_write import write_shards
     except ImportError:
         return None
     if not (shard_dir / "index.json").exists():
@@ -112,6 +112,35 @@ def shard_loader(root: Path, px: int, batch: int, workers: int, shard_dir: Path)
     split.workers = workers
     g = torch.Generator().manual_seed(0)
     return lambda: split.batches(batch, shuffle=True, generator=g)
+
+
+def train_check(root: Path, shard_dir: Path | None, a) -> list[dict]:
+    """Is the training loop data-bound? SimCLR, ResNet-18 (width ``--train-width``) at 64 px for ``--train-steps``
+    steps, fed (a) from the images decoded once into memory, (b) from shards through ``--workers`` workers that
+    share the CPU with the step. Not data-bound: (b) runs at >= 90 % of (a)'s images/s."""
+    from selfsup.config import build_run_config
+    from selfsup.data import load_dataset
+    from selfsup.engine.trainer import pretrain
+
+    rows = []
+    sources = {"in memory": str(root)} | ({"shards": str(shard_dir)} if shard_dir is not None else {})
+    for name, spec in sources.items():
+        raw = {"method": {"name": "simclr"}, "backbone": {"name": "resnet18", "width": a.train_width},
+               "data": {"path": spec, "image_size": 64, "workers": a.workers},
+               "train": {"epochs": 100, "max_steps": a.train_steps, "batch_size": a.batch, "device": "cpu",
+                         "log_every": max(1, a.train_steps // 4)}}
+        data = load_dataset(spec, 64, workers=a.workers)
+        res = pretrain(build_run_config(raw), Path(a.out) / f"train-{name.replace(' ', '-')}", overwrite=True,
+                       data=data, quiet=True)
+        rows.append({"check": "train", "reader": name, "px": 64, "images_per_s": round(res.images_per_s, 1),
+                     "steps": res.steps, "width": a.train_width, "workers": a.workers, "batch": a.batch})
+        print(json.dumps(rows[-1]), flush=True)
+    if len(rows) == 2:
+        ratio = rows[1]["images_per_s"] / rows[0]["images_per_s"]
+        rows[1]["vs_in_memory"] = round(ratio, 3)
+        print(f"training from shards at {ratio:.0%} of in-memory speed: "
+              f"{'not data-bound' if ratio >= 0.9 else 'DATA-BOUND'}")
+    return rows
 
 
 def main() -> None:
@@ -124,6 +153,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--train-steps", type=int, default=20, help="steps of the data-bound check (0: skip it)")
+    p.add_argument("--train-width", type=float, default=0.25)
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--out", default=str(ROOT / "runs" / "loader-data"))
     p.add_argument("--results", default=str(ROOT / "runs" / "loader-results.jsonl"))
@@ -132,6 +163,7 @@ def main() -> None:
         a.images, a.sources, a.passes = 600, "500x375", 1
     if a.dry_run:
         a.images, a.sizes, a.sources, a.workers, a.batch, a.passes = 24, "16", "40x30", 0, 8, 1
+        a.train_steps, a.train_width = 2, 0.125
     per_core = max(a.workers, 1)
     rows = []
     for source in a.sources.split(","):
@@ -155,11 +187,16 @@ def main() -> None:
                              "images": a.images, "cpu": platform.processor() or platform.machine(),
                              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")})
                 print(json.dumps(rows[-1]), flush=True)
+    if a.train_steps:
+        source = a.sources.split(",")[0]
+        shards = Path(a.out) / f"shards-{source}-{a.images}"
+        rows += train_check(Path(a.out) / f"jpeg-{source}-{a.images}", shards if (shards / "index.json").exists()
+                            else None, a)
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
     with open(a.results, "a") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    print(table(rows))
+    print(table([r for r in rows if "check" not in r]))
 
 
 def table(rows: list[dict]) -> str:

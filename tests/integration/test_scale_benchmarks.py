@@ -20,8 +20,11 @@ def test_loader_benchmark_dry_run(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     readers = {row["reader"] for row in rows}
-    assert {"torchvision", "torchvision x2", "selfsup whole", "selfsup square"} <= readers
-    assert all(row["images_per_s"] > 0 and row["px"] == 16 for row in rows)
+    assert {"torchvision", "torchvision x2", "selfsup whole", "selfsup square", "selfsup shards"} <= readers
+    loading = [row for row in rows if "check" not in row]
+    assert all(row["images_per_s"] > 0 and row["px"] == 16 for row in loading)
+    train = [row for row in rows if row.get("check") == "train"]  # the data-bound check: memory, then shards
+    assert [row["reader"] for row in train] == ["in memory", "shards"] and "vs_in_memory" in train[1]
     assert "| 40x30 | 16 |" in r.stdout and "whole ÷ torchvision" in r.stdout
 
 
