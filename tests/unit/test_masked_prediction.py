@@ -13,7 +13,7 @@ import selfsup.methods.data2vec as d2v_mod
 import selfsup.methods.maskfeat as maskfeat_mod
 import selfsup.methods.simmim as simmim_mod
 from selfsup.augment.hog import cell_histograms, hog_patches
-from selfsup.augment.masking_extra import num_masked_units, unit_masking
+from selfsup.augment.masking import num_masked_units, unit_masking
 from selfsup.backbones import build_backbone
 from selfsup.components.base import StepContext, update_parts
 from selfsup.config import ConfigError

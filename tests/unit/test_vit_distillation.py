@@ -10,8 +10,7 @@ import pytest
 import torch
 from conftest import make_blobs, tiny_run_config
 
-from selfsup.augment.masking import patchify, random_masking, unpatchify
-from selfsup.augment.masking_ibot import min_block_patches, partial_block_masks
+from selfsup.augment.masking import min_block_patches, partial_block_masks, patchify, random_masking, unpatchify
 from selfsup.backbones import build_backbone
 from selfsup.components.base import StepContext
 from selfsup.components.sinkhorn import sinkhorn_knopp

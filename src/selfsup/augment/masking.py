@@ -8,6 +8,8 @@
   until the target number of patches is masked.
 * :func:`multiblock_masking`: I-JEPA's multi-block masks (Assran et al. 2023): a few target blocks and one
   large context block with the targets removed from it, as patch indices with equal counts across the batch.
+* :func:`unit_masking`: SimMIM's random masking of mask units (Xie et al. 2022), see its section below.
+* :func:`partial_block_masks`: iBOT's and DINOv2's masks of the student's global views, see its section below.
 
 Masks are boolean ``(B, N)`` with ``True`` = masked (hidden from the encoder, predicted by the loss).
 """
@@ -234,3 +236,94 @@ def multiblock_masking(batch: int, grid: tuple[int, int], *, num_targets: int = 
     ctx_ids = first_indices(context, k_context)
     tgt_ids = first_indices(targets, t_size[0] * t_size[1])
     return MultiBlockMask(ctx_ids.to(device), tgt_ids.to(device))
+
+
+# ----------------------------------------------------------------------------------------- SimMIM
+# SimMIM's random masking of mask units.
+#
+# SimMIM (Xie et al. 2022) masks square *mask patches* that may be larger than the ViT's patches (32-px mask
+# patches over 16-px ViT patches on 192-px images): the patch grid is cut into ``unit × unit`` blocks of patches,
+# ``ceil(M·r)`` of the M blocks are chosen uniformly at random per sample, and every patch of a chosen block is
+# masked. Masks are boolean ``(B, N)`` in raster order of the ViT patch grid, ``True`` = masked.
+
+
+def num_masked_units(num_units: int, mask_ratio: float) -> int:
+    """SimMIM's count of masked units, ``ceil(M·r)``, kept in [1, M − 1] so that something stays visible."""
+    check_mask_ratio(mask_ratio)
+    if num_units < 2:
+        raise ValueError(f"masking needs at least 2 mask units, got {num_units}")
+    return min(num_units - 1, max(1, math.ceil(num_units * mask_ratio)))
+
+
+def unit_grid(grid: tuple[int, int], unit: int) -> tuple[int, int]:
+    """The grid of mask units ``(gh/unit, gw/unit)`` over a ``gh × gw`` patch grid; a ValueError when ``unit``
+    does not divide both sides."""
+    gh, gw = grid
+    if unit < 1 or gh % unit or gw % unit:
+        raise ValueError(f"a {gh}x{gw} patch grid does not split into {unit}x{unit} mask units")
+    return gh // unit, gw // unit
+
+
+def unit_masking(batch: int, grid: tuple[int, int], unit: int, mask_ratio: float, *,
+                 device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """SimMIM's mask (B, gh·gw) bool: exactly ``ceil(M·r)`` of the M ``unit × unit`` blocks of patches masked
+    per sample (``unit=1``: plain random masking of patches), chosen independently per sample from the argsort
+    of uniform noise (one random permutation of the units per sample)."""
+    uh, uw = unit_grid(grid, unit)
+    m = uh * uw
+    k = num_masked_units(m, mask_ratio)
+    noise = torch.rand(batch, m, device=device, generator=generator)
+    chosen = torch.argsort(noise, dim=1)[:, :k]
+    units = torch.zeros(batch, m, dtype=torch.bool, device=device)
+    units.scatter_(1, chosen, torch.ones_like(chosen, dtype=torch.bool))
+    units = units.view(batch, uh, uw).repeat_interleave(unit, dim=1).repeat_interleave(unit, dim=2)
+    return units.reshape(batch, grid[0] * grid[1])
+
+
+# ----------------------------------------------------------------------------------------- iBOT, DINOv2
+# iBOT's and DINOv2's masks for the student's global views (Zhou et al. 2022, Sec. 3 and App. A; Oquab et al.
+# 2024): block-wise masks (:func:`~selfsup.augment.masking.block_masking`, BEiT's) on a fraction of the images,
+# each masked image with its own ratio drawn uniformly from a range.
+#
+# * ``probability`` (0.5 in both papers): each image is masked with this probability, otherwise left whole;
+# * ``ratio_range`` ((0.1, 0.5) in both papers): a masked image hides ``round(N·r)`` patches, r ~ U(range);
+# * ``min_patches``: the smallest block. iBOT takes ``(min(gh, gw) // 3)²`` (16 on a 14×14 grid);
+#   :func:`min_block_patches` computes the same for any grid, so an 8×8 grid (32 px, patch 4) gets 4 and a
+#   4×4 grid 1.
+#
+# Masks are drawn from the global torch RNG (as :func:`block_masking`): a caller under torchrun draws them for
+# the global batch and keeps its rows (``components/gather.py``). Boolean (B, N), True = masked.
+
+
+def min_block_patches(grid: tuple[int, int]) -> int:
+    """iBOT's smallest block: ``(min(gh, gw) // 3)²``, at least 1."""
+    return max(1, (min(grid) // 3) ** 2)
+
+
+def check_ratio_range(lo: float, hi: float, key: str = "method.mask_ratio_min") -> None:
+    check_mask_ratio(lo, key)
+    check_mask_ratio(hi, key.replace("_min", "_max"))
+    if lo > hi:
+        raise ConfigError(f"{key} ({lo}) must be <= {key.replace('_min', '_max')} ({hi})")
+
+
+def partial_block_masks(batch: int, grid: tuple[int, int], ratio_range: tuple[float, float],
+                        probability: float = 0.5, *, min_patches: int | None = None,
+                        device: torch.device | str = "cpu") -> torch.Tensor:
+    """(batch, gh·gw) bool: each image masked with ``probability``, with a block mask of ratio ~ U(ratio_range).
+
+    The per-image draws (masked or not, the ratio) come first, from the global RNG, then one block mask per
+    masked image in image order; an image left whole has an all-False row.
+    """
+    lo, hi = ratio_range
+    check_ratio_range(lo, hi)
+    if not 0.0 <= probability <= 1.0:
+        raise ConfigError(f"method.mask_probability must be in [0, 1], got {probability}")
+    n = grid[0] * grid[1]
+    chosen = torch.rand(batch) < probability
+    ratios = lo + (hi - lo) * torch.rand(batch)
+    smallest = min_patches if min_patches is not None else min_block_patches(grid)
+    out = torch.zeros(batch, n, dtype=torch.bool)
+    for b in torch.nonzero(chosen).flatten().tolist():
+        out[b] = block_masking(1, grid, float(ratios[b]), min_patches=smallest)[0]
+    return out.to(device)

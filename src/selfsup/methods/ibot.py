@@ -4,7 +4,7 @@ masked-patch self-distillation.
 Student: the ViT on every crop; its global crops are block-masked (a learned mask token replaces the masked patch
 embeddings) on a fraction of the images (``mask_probability``, 0.5 in the paper), each masked image with a ratio
 drawn from ``[mask_ratio_min, mask_ratio_max]`` ((0.1, 0.5)), block sizes scaled to the grid
-(``augment/masking_ibot.py``). Teacher: the EMA copy of backbone and heads on the *unmasked* global crops.
+(``augment/masking.py``). Teacher: the EMA copy of backbone and heads on the *unmasked* global crops.
 
 - [CLS] loss: DINO's (``losses/distillation.dino_loss``): every (teacher global view, other student view) pair,
   local crops included, against the teacher's centred, sharpened [CLS] distribution.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
-from ..augment.masking_ibot import check_ratio_range, partial_block_masks
+from ..augment.masking import check_ratio_range, partial_block_masks
 from ..augment.multicrop import count_global_views, group_by_size
 from ..components.base import StepContext
 from ..components.center import Center

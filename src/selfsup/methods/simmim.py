@@ -1,7 +1,7 @@
 """SimMIM (Xie et al. 2022, "SimMIM: A Simple Framework for Masked Image Modeling").
 
 Random masking of mask units of ``mask_patch_size`` pixels (SimMIM: 32-px units over 16-px ViT patches, 60%
-masked; :func:`~selfsup.augment.masking_extra.unit_masking`); masked patch embeddings are replaced by a learned
+masked; :func:`~selfsup.augment.masking.unit_masking`); masked patch embeddings are replaced by a learned
 mask token, the ViT encodes the whole sequence, and one linear layer maps each patch token to the raw pixels of
 its patch. The target is the input view itself, i.e. the pixels normalised by the dataset's mean and std (as
 SimMIM's code, which normalises with the ImageNet statistics); the loss is the L1 error over the masked patches
@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
-from ..augment.masking import patchify
-from ..augment.masking_extra import unit_masking
+from ..augment.masking import patchify, unit_masking
 from ..backbones.vit import ViT
 from ..components.base import StepContext
 from ..components.gather import global_rows, rank_rows
