@@ -358,11 +358,11 @@ class ShardSplit:
 
         assert self.decode_device is not None
         x, bad = decode_batch(encoded, self.size, self.channels, self.decode_device)
-        if bad:
-            why = [*why, *(f"{self.ids[int(idx[i])]}: not decodable on {self.decode_device}" for i in bad)]
-            keep = torch.tensor([i for i in range(len(encoded)) if i not in set(bad)], dtype=torch.int64)
-            idx = idx[keep] if len(keep) else None
-        return x, idx, why
+        if not bad:
+            return x, idx, why
+        why = [*why, *(f"{self.ids[int(idx[i])]}: not decodable on {self.decode_device}" for i in bad)]
+        keep = torch.tensor([i for i in range(len(encoded)) if i not in set(bad)], dtype=torch.int64)
+        return x, (idx[keep] if len(keep) else None), why
 
     def _in_flight(self, order: torch.Tensor, done: int, batch_size: int) -> str:
         """The shards of the batches being read after ``done`` delivered ones (a DataLoader prefetches 2 a worker)."""
