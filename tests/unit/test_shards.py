@@ -399,3 +399,25 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("selfsup: error:") and needle in err
+
+
+def test_resume_refuses_shards_that_changed_under_the_run(tmp_path):
+    """The run's position (an epoch's order and how far into it) refers to its shards: the same images written
+    into other shards (same count, same shapes) is refused on --resume, in one line; the same shards resume."""
+    import shutil
+
+    from selfsup.errors import ConfigError
+
+    root, shards = make_shards(tmp_path)
+    cfg = tiny_run_config("simclr", {"proj_hidden_dim": 32, "proj_dim": 16}, data=shards, max_steps=1, epochs=4)
+    out = tmp_path / "run"
+    pretrain(cfg, out, quiet=True)
+    again = tiny_run_config("simclr", {"proj_hidden_dim": 32, "proj_dim": 16}, data=shards, max_steps=2, epochs=4)
+    assert pretrain(again, out, resume=True, quiet=True).stopped == "max_steps"  # the same shards: resumes
+    shutil.rmtree(shards)
+    write_shards(root, shards, images_per_shard=5)  # the same 12 images, other shards
+    with pytest.raises(ConfigError, match="shards of data.path are not those") as e:
+        pretrain(tiny_run_config("simclr", {"proj_hidden_dim": 32, "proj_dim": 16}, data=shards, max_steps=3,
+                                 epochs=4),
+                 out, resume=True, quiet=True)
+    one_line(e)

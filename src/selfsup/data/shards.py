@@ -29,6 +29,8 @@ error naming the shards it was reading.
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import tarfile
 import warnings
@@ -295,6 +297,16 @@ class ShardSplit:
     def num_batches(self, batch_size: int, drop_last: bool) -> int:
         n = self.num_images
         return n // batch_size if drop_last else -(-n // batch_size)
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the shards' names and their members in order: what a resumed run's position (an epoch's
+        order and how far into it) refers to; checkpoints record it and ``--resume`` compares it."""
+        h = hashlib.sha256()
+        for i, path in enumerate(self.shards):
+            h.update(f"{path.name}\0".encode())
+            h.update("\0".join(m for m, s in zip(self.members, self.shard_of.tolist()) if s == i).encode())
+        return h.hexdigest()[:16]
 
     def epoch_order(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """A shuffled epoch: every image index once, windows of shards in a random order, each window's images in

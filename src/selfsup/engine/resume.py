@@ -160,10 +160,16 @@ def check_resume_config(saved: Any, new: dict[str, Any], ckpt_file: Path) -> dic
     return changes
 
 
-def check_resume_data(saved: Any, channels: int, image_size: Any, num_train: int, ckpt_file: Path) -> None:
-    """The data behind ``data.path`` must still be the data the checkpoint was trained on (shape and size)."""
+def check_resume_data(saved: Any, channels: int, image_size: Any, num_train: int, ckpt_file: Path,
+                      fingerprint: str | None = None) -> None:
+    """The data behind ``data.path`` must still be the data the checkpoint was trained on (shape and size; for a
+    shard folder also its shards and their members, the ``fingerprint`` its position in an epoch refers to)."""
     if not isinstance(saved, dict):
         return
+    if fingerprint is not None and saved.get("fingerprint") not in (None, fingerprint):
+        raise ConfigError(f"--resume: the shards of data.path are not those {ckpt_file.name} was trained on (other "
+                          "shard files or other images in them), so its position in the epoch would point elsewhere; "
+                          "resume on the run's shards or start a new run")
     now = {"channels": channels, "image_size": list(image_size), "num_train": num_train}
     diff = [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items() if k in saved and _plain(saved[k]) != _plain(v)]
     if diff:

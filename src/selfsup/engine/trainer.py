@@ -217,7 +217,8 @@ def _restore(run_dir: Path, resume: bool, found: tuple[Path, dict[str, Any]] | N
         return None
     ckpt_file, ckpt = found
     changes = check_resume_config(ckpt.get("config"), cfg.to_dict(), ckpt_file)  # before any state loads
-    check_resume_data(ckpt.get("data"), data.channels, data.image_size, data.train.num_images, ckpt_file)
+    check_resume_data(ckpt.get("data"), data.channels, data.image_size, data.train.num_images, ckpt_file,
+                      _fingerprint(data.train).get("fingerprint"))
     # weights of another model: one line naming the file; under FSDP each rank keeps its shard (engine/fsdp.py)
     L.load_full_state(method, optimizer, ckpt["method"], ckpt["optimizer"], ckpt_file)
     msg = state.load_state_dict(ckpt, dctx, cfg.train.seed)
@@ -382,10 +383,16 @@ def _save(run: Run) -> None:
         "method": weights, "optimizer": optim, **state,
         "epoch": run.state.step / run.spe, "config": run.cfg.to_dict(), "method_name": run.name,
         "data": {"channels": ds.channels, "image_size": list(ds.image_size), "num_train": ds.train.num_images,
-                 "mean": list(ds.mean), "std": list(ds.std)},
+                 "mean": list(ds.mean), "std": list(ds.std), **_fingerprint(ds.train)},
     }, checkpoint_path(run.run_dir, run.state.step))
     if run.cfg.train.keep_checkpoints:  # 0 keeps every one; a finite one always stays
         prune_checkpoints(run.run_dir, keep=run.cfg.train.keep_checkpoints, newest_finite=tensors_finite(weights))
+
+
+def _fingerprint(split: Any) -> dict[str, str]:
+    """``{"fingerprint": ...}`` for data whose order a resume depends on beyond its size (a shard folder)."""
+    fp = getattr(split, "fingerprint", None)
+    return {"fingerprint": fp} if isinstance(fp, str) else {}
 
 
 def _launches(run_dir: Path) -> int:
