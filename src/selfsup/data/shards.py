@@ -30,7 +30,6 @@ error naming the shards it was reading.
 from __future__ import annotations
 
 import hashlib
-
 import json
 import tarfile
 import warnings
