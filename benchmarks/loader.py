@@ -155,6 +155,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--train-steps", type=int, default=20, help="steps of the data-bound check (0: skip it)")
     p.add_argument("--train-width", type=float, default=0.25)
+    p.add_argument("--train-only", action="store_true", help="only the data-bound check (the folders exist)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--out", default=str(ROOT / "runs" / "loader-data"))
     p.add_argument("--results", default=str(ROOT / "runs" / "loader-results.jsonl"))
@@ -166,7 +167,7 @@ def main() -> None:
         a.train_steps, a.train_width = 2, 0.125
     per_core = max(a.workers, 1)
     rows = []
-    for source in a.sources.split(","):
+    for source in ([] if a.train_only else a.sources.split(",")):
         w, h = (int(v) for v in source.split("x"))
         root = make_jpegs(Path(a.out) / f"jpeg-{source}-{a.images}", a.images, (w, h), Path(a.data))
         for px in (int(v) for v in a.sizes.split(",")):
