@@ -7,8 +7,9 @@ image resized to ``size`` (bilinear, antialiased), stacked into the uint8 batch 
 decode is queued on the device like the step's own work, so the workers' CPU time is the reading alone.
 
 Members that are not JPEG (PNG, WebP ...) are decoded by PIL in the main process, exactly as the workers would
-(data/folder.py ``decode_bytes``). A JPEG that fails to decode is retried alone, and skipped with a count when it
-fails again: the batch is then short, as a batch of a streaming folder with an unreadable file is.
+(data/folder.py ``decode_bytes``). When the batched decode fails, each JPEG is decoded alone, by PIL when
+torchvision cannot; one that neither reads is skipped with a count: the batch is then short, as a batch of a
+streaming folder with an unreadable file is.
 """
 from __future__ import annotations
 
@@ -35,16 +36,21 @@ def square_resize(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _decode_one(data: torch.Tensor, size: int, channels: int, device: torch.device) -> torch.Tensor | None:
+    """One member: ``decode_jpeg`` on ``device`` when it is a JPEG, else (or when that fails: a JPEG variant
+    torchvision does not read) PIL in this process, as the workers would; None when neither reads it."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from .folder import BadImage, decode_bytes
 
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    try:
-        if is_jpeg(data):
+    if is_jpeg(data):
+        mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        try:
             return square_resize(decode_jpeg(data, mode=mode, device=device), size)
+        except (RuntimeError, ValueError):
+            pass
+    try:
         return torch.from_numpy(decode_bytes(bytes(data.numpy()), size, channels)).to(device)
-    except (BadImage, RuntimeError, ValueError):
+    except BadImage:
         return None
 
 

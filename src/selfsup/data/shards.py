@@ -29,6 +29,7 @@ error naming the shards it was reading.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tarfile
@@ -297,14 +298,15 @@ class ShardSplit:
         n = self.num_images
         return n // batch_size if drop_last else -(-n // batch_size)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """A digest of the shards' names and their members in order: what a resumed run's position (an epoch's
-        order and how far into it) refers to; checkpoints record it and ``--resume`` compares it."""
+        order and how far into it) refers to; checkpoints record it and ``--resume`` compares it. One pass over
+        the index, computed once per split."""
         h = hashlib.sha256()
-        for i, path in enumerate(self.shards):
-            h.update(f"{path.name}\0".encode())
-            h.update("\0".join(m for m, s in zip(self.members, self.shard_of.tolist()) if s == i).encode())
+        names = [p.name for p in self.shards]
+        for s, m in zip(self.shard_of.tolist(), self.members):
+            h.update(f"{names[s]}\0{m}\0".encode())
         return h.hexdigest()[:16]
 
     def epoch_order(self, generator: torch.Generator | None = None) -> torch.Tensor:
