@@ -105,7 +105,8 @@ class TrainConfig:
     max_steps: int | None = checked(None, ge=1, cap=COUNT_CAP)
     # wall-clock budget: the schedule is sized by a throughput estimate
     time_limit_min: float | None = checked(None, gt=0)
-    batch_size: int = checked(256, ge=2, cap=COUNT_CAP)
+    # the global batch; None: the method's default_batch_size (256 for all but EMP-SSL, 100 as in its paper)
+    batch_size: int | None = checked(None, ge=2, cap=COUNT_CAP)
     seed: int = checked(0, ge=0, lt=SEED_CAP)
     device: str = checked("auto", pattern=r"auto|cpu|mps|xpu|cuda(:\d+)?", hint="auto, cpu, cuda, cuda:N or mps")
     # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16

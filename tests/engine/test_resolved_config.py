@@ -72,6 +72,28 @@ def test_resolve_keeps_explicit_values_and_copies(blobs_npz):
     assert out is not cfg and out.to_dict() == cfg.to_dict()
 
 
+def test_batch_size_left_to_the_method():
+    """No train.batch_size: the method's default_batch_size (EMP-SSL's paper batch 100 at its paper lr 0.3)."""
+    from types import SimpleNamespace
+
+    from selfsup.errors import ConfigError
+    from selfsup.methods.emp_ssl import EMPSSL
+
+    def resolved(method, cls, n=1000, **train):
+        cfg = build_run_config({"method": method, "data": {"path": "x.npz"},
+                                "train": {"channels_last": False, **train}})
+        assert cfg.train.batch_size == train.get("batch_size")  # left to the run until resolved
+        return resolve_config(cfg, cls, SimpleNamespace(train=SimpleNamespace(num_images=n)), torch.device("cpu"))
+
+    out = resolved("simclr", SimCLR)
+    assert out.train.batch_size == 256 and out.optim.lr == pytest.approx(SimCLR.base_lr)
+    out = resolved("emp-ssl", EMPSSL)
+    assert out.train.batch_size == EMPSSL.default_batch_size == 100 and out.optim.lr == pytest.approx(0.3)
+    assert resolved("emp-ssl", EMPSSL, batch_size=64).train.batch_size == 64  # a given batch wins
+    with pytest.raises(ConfigError, match=r"train.batch_size \(100\) is larger than the dataset"):
+        resolved("emp-ssl", EMPSSL, n=50)
+
+
 def test_knn_every_without_its_callback_warns(blobs_npz, tmp_path):
     """The engine has no kNN of its own: train.knn_every needs selfsup.api.pretrain (or the CLI)."""
     with pytest.warns(UserWarning, match="knn_every"):

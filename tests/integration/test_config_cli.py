@@ -30,7 +30,7 @@ def one_line(msg: str) -> str:
 def test_defaults_build():
     cfg = parse([])
     assert cfg.method.name == "simclr" and cfg.method.temperature == 0.2
-    assert cfg.train.batch_size == 256 and cfg.backbone.name == "resnet18"
+    assert cfg.train.batch_size is None and cfg.backbone.name == "resnet18"  # None: the method's (256)
 
 
 def test_unknown_section_lists_valid_keys():

@@ -86,7 +86,7 @@ def test_pretrain_on_a_cpu_without_sizes_takes_the_cpu_preset_and_says_so(tmp_pa
     args = build_parser().parse_args(["pretrain", "--data", str(photos), "--device", "cpu", "--width", "0.5",
                                       "--out", "x"])
     cfg = config_from_args(args, cpu_defaults=True)  # a size given: nothing else is chosen
-    assert cfg.backbone.width == 0.5 and cfg.train.batch_size == 256 and "cpu-folder" not in capsys.readouterr().out
+    assert cfg.backbone.width == 0.5 and cfg.train.batch_size is None and "cpu-folder" not in capsys.readouterr().out
     npz_args = build_parser().parse_args(["pretrain", "--data", "mnist5k", "--device", "cpu", "--out", "x"])
     assert config_from_args(npz_args, cpu_defaults=True).data.image_size is None  # a dataset keeps its size
     cfg = config_from_args(build_parser().parse_args(["pretrain", "--config", "cpu-folder", "--out", "x"]))

@@ -1,6 +1,6 @@
 """The resolve step: every default a run's method, backbone and device imply, filled in before anything is built.
 
-A config leaves some values to the run (None or ``auto``): the optimizer, the learning rate (the method's base
+A config leaves some values to the run (None or ``auto``): the global batch, the optimizer, the learning rate (the method's base
 rate scaled by ``batch_size / 256``, Goyal et al. 2017), the weight decay, the augmentation preset, synchronised
 BatchNorm, the precision and channels_last. :func:`resolve_config` returns a new config with all of them set, so
 the ``config.yaml`` a run writes is the config it trained with: rebuilding a run from that file alone gives the
@@ -19,10 +19,18 @@ from ..methods.base import Method
 from .build import build_method_for
 
 
+def batch_size_of(cfg: RunConfig) -> int:
+    """The global batch of a resolved config (:func:`resolve_config` fills it in)."""
+    b = cfg.train.batch_size
+    if b is None:
+        raise RuntimeError("train.batch_size is filled in by resolve_config; this config was not resolved")
+    return b
+
+
 def check_for_data(cfg: RunConfig, data: ImageDataset) -> None:
     """The one check that needs the data: a batch no larger than the training set."""
     t, n = cfg.train, data.train.num_images
-    if t.batch_size > n:
+    if batch_size_of(cfg) > n:
         raise ConfigError(f"train.batch_size ({t.batch_size}) is larger than the dataset ({n} images in {cfg.data.path})")
 
 
@@ -50,12 +58,14 @@ def resolve_config(cfg: RunConfig, method_cls: type[Method], data: ImageDataset,
     The copy goes through the config door again (:func:`~selfsup.config.build_run_config`), so a RunConfig
     changed by hand in Python is checked by the same declared ranges as one read from YAML and flags."""
     out = build_run_config(cfg.to_dict())
-    check_for_data(out, data)
     o, t = out.optim, out.train
+    if t.batch_size is None:
+        t.batch_size = method_cls.default_batch_size
+    check_for_data(out, data)
     if o.name is None:
         o.name = method_cls.default_optimizer
     if o.lr is None:
-        o.lr = method_cls.base_lr * t.batch_size / 256
+        o.lr = method_cls.base_lr * batch_size_of(out) / 256
     if o.weight_decay is None:
         o.weight_decay = method_cls.default_weight_decay
     if out.augment.preset is None:

@@ -39,7 +39,7 @@ from .lock import RunLock
 from .logging import MetricsLogger
 from .nonfinite import KIND, all_skipped_message, tensors_finite
 from .optim import build_optimizer
-from .resolve import resolve_config
+from .resolve import batch_size_of, resolve_config
 from .resume import (
     already_finished,
     check_free_space,
@@ -83,6 +83,7 @@ class Run:
     stepper: Stepper
     state: TrainState
     spe: int  # steps per epoch
+    batch: int  # the global batch (train.batch_size, resolved)
     schedule: WarmupCosine
     logger: Any  # MetricsLogger on rank 0, NullLogger elsewhere
     callbacks: list[Callback]
@@ -151,14 +152,15 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     cfg = resolve_config(cfg, method_class(cfg), data, device)
     check_pretraining_data(cfg, data)
     phase(f"building {cfg.method.name} ({cfg.backbone.name} width {cfg.backbone.width:g}) on {device}: "
-          f"{data.train.num_images} images of {data.image_size[0]} px, batch {cfg.train.batch_size}", quiet)
+          f"{data.train.num_images} images of {data.image_size[0]} px, batch {batch_size_of(cfg)}", quiet)
     t, o = cfg.train, cfg.optim
+    batch = batch_size_of(cfg)
     found = find_resume_checkpoint(run_dir) if resume else None
     b = build_run(cfg, data, device, init=found is None)  # backbone.init: a fresh start only, never over a checkpoint
     method = b.method
     if b.init is not None:
         _report_init(run_dir, b.init, dctx, quiet)
-    micro = D.check_batch(t.batch_size, dctx, t.grad_accum_steps, has_batch_norm(method))
+    micro = D.check_batch(batch, dctx, t.grad_accum_steps, has_batch_norm(method))
     if dctx.enabled:
         if t.sync_bn:
             convert_sync_bn(method, device)
@@ -167,7 +169,7 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     if t.channels_last:
         method.to(memory_format=torch.channels_last)
     L.prepare_model(method, t, cfg.backbone.name, device, dctx, quiet)  # activation checkpointing, FSDP2
-    spe = data.train.num_batches(t.batch_size, drop_last=True)
+    spe = data.train.num_batches(batch, drop_last=True)
     assert o.lr is not None and o.weight_decay is not None  # resolved
     optimizer = build_optimizer(method, L.optim_section(o, method), o.lr, o.weight_decay, device)
     aug_gen = torch.Generator(device=device)
@@ -185,8 +187,8 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
                       grad_clip=t.grad_clip, skip_non_finite=t.nan_policy == "skip")
     end = min(state.total_steps, t.max_steps) if t.max_steps is not None else state.total_steps  # the bar's end
     logger = MetricsLogger(run_dir, total_steps=end, quiet=quiet) if dctx.is_main else D.NullLogger()
-    return Run(cfg, run_dir, data, stepper, state, spe, _schedule(cfg, spe, state.total_steps), logger, callbacks,
-               quiet, name=method_name(cfg), start_step=state.step, finished=finished,
+    return Run(cfg, run_dir, data, stepper, state, spe, batch, _schedule(cfg, spe, state.total_steps), logger,
+               callbacks, quiet, name=method_name(cfg), start_step=state.step, finished=finished,
                skipped_before=state.skipped, wall_before=state.wall_before,
                train_split=device_split(data.train, device, cfg.data.device_cache, cfg.data.decode))
 
@@ -263,7 +265,7 @@ def _train(run: Run) -> TrainResult:
         while s.step < run.last_step() and stopped == "done":
             epoch = s.step // run.spe
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
-            batches = D.rank_batches(run.train_split, t.batch_size, dctx, generator=gen, start_batch=s.step % run.spe)
+            batches = D.rank_batches(run.train_split, run.batch, dctx, generator=gen, start_batch=s.step % run.spe)
             for x, idx, y in prefetch(batches, run.stepper.device):
                 run.mid_step = True
                 ctx = StepContext(step=s.step, total_steps=s.total_steps, epoch=epoch, steps_per_epoch=run.spe)
@@ -345,7 +347,7 @@ def _set_total_steps(run: Run, total: int, budget: Budget | None = None) -> None
         return
     run.estimated = True
     line, warning = estimate_message(run.cfg.train.time_limit_min, total, run.spe,
-                                     budget.rate * run.cfg.train.batch_size, run.schedule.warmup_steps,
+                                     budget.rate * run.batch, run.schedule.warmup_steps,
                                      capped=total == budget.cap)
     run.logger.note(line)
     if warning:
@@ -415,7 +417,7 @@ def _finish(run: Run, stopped: str, signal: str | None, wall: float) -> TrainRes
         print(f"stopped at step {step} {run.stopped_by.stop_message()}; the last checkpoint is kept in {ckpts}",
               file=sys.stderr)
     result = TrainResult(run.run_dir, step, step / run.spe,
-                         (step - run.start_step) * cfg.train.batch_size / max(wall, 1e-9), wall, run.last_loss,
+                         (step - run.start_step) * run.batch / max(wall, 1e-9), wall, run.last_loss,
                          stopped)
     if not run.dctx.is_main:
         return result

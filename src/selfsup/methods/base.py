@@ -77,6 +77,7 @@ class Method(nn.Module):
     default_optimizer: ClassVar[str] = "sgd"
     base_lr: ClassVar[float] = 0.3  # at batch 256; scaled linearly with the batch size
     default_weight_decay: ClassVar[float] = 1e-4
+    default_batch_size: ClassVar[int] = 256  # the global batch when train.batch_size is not given
     supports_multicrop: ClassVar[bool] = False
     # under torchrun: BatchNorm statistics over the global batch (engine/distributed.py; train.sync_bn overrides)
     needs_sync_bn: ClassVar[bool] = False
