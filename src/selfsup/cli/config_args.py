@@ -84,7 +84,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--time-limit-min", type=float, help="wall-clock budget in minutes (sizes the schedule)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch (default: the method's, 256 or EMP-SSL's 100; "
+                   "on a CPU with no size given, the cpu-folder preset's)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the method's, scaled by batch/256)")
     p.add_argument("--optimizer", help="sgd, adamw or lars")
     p.add_argument("--seed", type=int)

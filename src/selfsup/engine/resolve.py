@@ -1,8 +1,9 @@
 """The resolve step: every default a run's method, backbone and device imply, filled in before anything is built.
 
-A config leaves some values to the run (None or ``auto``): the global batch, the optimizer, the learning rate (the method's base
-rate scaled by ``batch_size / 256``, Goyal et al. 2017), the weight decay, the augmentation preset, synchronised
-BatchNorm, the precision and channels_last. :func:`resolve_config` returns a new config with all of them set, so
+A config leaves some values to the run (None or ``auto``): the global batch (the method's
+``default_batch_size``), the optimizer, the learning rate (the method's base rate scaled by ``batch_size / 256``,
+Goyal et al. 2017), the weight decay, the augmentation preset, synchronised BatchNorm, the precision and
+channels_last. :func:`resolve_config` returns a new config with all of them set, so
 the ``config.yaml`` a run writes is the config it trained with: rebuilding a run from that file alone gives the
 same run, on any machine. The caller's config is never changed.
 """
