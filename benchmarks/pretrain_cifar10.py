@@ -4,8 +4,9 @@
 
 Defaults are the CPU benchmark configuration: ResNet-18 width 0.25, CIFAR stem, the method's default batch
 (256; EMP-SSL's is 100), 32 px, ``../shared/data/cifar10.npz`` (30k train / 10k test). The learning-rate
-schedule is sized from the measured speed so that the cosine ends when the budget does. Prints one JSON line with images/s, epochs, kNN (k=20 and
-k=1) and linear top-1 of the run and of the baseline, and appends it to ``--results`` (JSON lines).
+schedule is sized from the measured speed so that the cosine ends when the budget does. Prints one JSON line
+with images/s, epochs, kNN (k=20 and k=1) and linear top-1 of the run and of the baseline, and appends it to
+``--results`` (JSON lines).
 """
 from __future__ import annotations
 

@@ -7,13 +7,15 @@ check in tests/unit/test_mim.py; DINOv2 is also checked with register tokens, wh
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import make_blobs
+from conftest import tiny_run_config
 
 from selfsup.cli.main import main
 from selfsup.config import build_run_config
+from selfsup.data import load_dataset
+from selfsup.engine.build import build_run
+from selfsup.engine.rundir import latest_checkpoint
 from selfsup.engine.trainer import pretrain
 from selfsup.registry import METHODS
 from selfsup.viz.attention import attention_maps
@@ -23,43 +25,24 @@ VIT_METHODS = sorted(n for n in METHODS.names()
 CASES = [(n, 0) for n in VIT_METHODS + ["dino"]] + [("dinov2", 2)]
 
 
-@pytest.fixture(scope="module")
-def blobs(tmp_path_factory):
-    d = make_blobs(n=32, size=16)
-    path = tmp_path_factory.mktemp("data") / "blobs.npz"
-    np.savez(path, x_train=d.train.images.permute(0, 2, 3, 1).numpy(), y_train=d.train.labels.numpy(),
-             x_test=d.test.images.permute(0, 2, 3, 1).numpy(), y_test=d.test.labels.numpy())
-    return str(path)
-
-
 def test_the_vit_methods_are_found():
     assert {"mae", "ibot", "dinov2", "ijepa", "simmim", "data2vec", "msn", "pmsn", "aim", "maskfeat"} <= \
         set(VIT_METHODS)
 
 
 @pytest.mark.parametrize("name,registers", CASES, ids=[f"{n}-reg{r}" for n, r in CASES])
-def test_attention_maps_of_a_run(name, registers, blobs, tmp_path, capsys):
-    overrides = dict(getattr(METHODS.get(name), "test_overrides", {}))
-    cfg = build_run_config({"method": {"name": name, **overrides}, "data": {"path": blobs},
-                            "backbone": {"name": "vit-test", "width": 0.25, "registers": registers},
-                            "train": {"epochs": 1, "max_steps": 2, "batch_size": 8, "log_every": 1, "device": "cpu"}})
+def test_attention_maps_of_a_run(name, registers, blobs_npz, tmp_path, capsys):
+    cfg = tiny_run_config(name, data=blobs_npz, epochs=1, max_steps=2)
+    cfg.backbone.name, cfg.backbone.registers = "vit-test", registers  # DINO's test backbone is a ConvNet
     run = tmp_path / "run"
     pretrain(cfg, run, quiet=True)
     assert main(["viz", "attention", str(run), "--n", "2", "--out", str(tmp_path / "maps")]) == 0, \
         capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["attn-000.png", "attn-001.png"]
 
-    from selfsup.engine.build import build_run
-    from selfsup.engine.rundir import latest_checkpoint
-
     ckpt = latest_checkpoint(run)[1]
-    from selfsup.data import load_dataset
-
-    ds = load_dataset(blobs)
-    built = build_run(build_run_config(ckpt["config"]), ds, torch.device("cpu"))
+    built = build_run(build_run_config(ckpt["config"]), load_dataset(str(blobs_npz)), torch.device("cpu"))
     built.method.load_state_dict(ckpt["method"])
-    backbone = built.method.eval_backbone()
-    x = torch.randn(3, 3, 16, 16)
-    maps = attention_maps(backbone, x)
+    maps = attention_maps(built.method.eval_backbone(), torch.randn(3, 3, 16, 16))
     assert maps.shape[:2] == (3, 2) and maps.shape[2] == maps.shape[3] >= 2  # vit-test's 2 heads, a patch grid
     assert torch.allclose(maps.sum((-2, -1)), torch.ones(3, 2), atol=1e-5)

@@ -151,10 +151,9 @@ def _setup(cfg: RunConfig, out: str | Path, resume: bool, overwrite: bool, data:
     device = dist_device or resolve_device(cfg.train.device)
     cfg = resolve_config(cfg, method_class(cfg), data, device)
     check_pretraining_data(cfg, data)
+    t, o, batch = cfg.train, cfg.optim, batch_size_of(cfg)
     phase(f"building {cfg.method.name} ({cfg.backbone.name} width {cfg.backbone.width:g}) on {device}: "
-          f"{data.train.num_images} images of {data.image_size[0]} px, batch {batch_size_of(cfg)}", quiet)
-    t, o = cfg.train, cfg.optim
-    batch = batch_size_of(cfg)
+          f"{data.train.num_images} images of {data.image_size[0]} px, batch {batch}", quiet)
     found = find_resume_checkpoint(run_dir) if resume else None
     b = build_run(cfg, data, device, init=found is None)  # backbone.init: a fresh start only, never over a checkpoint
     method = b.method

@@ -52,7 +52,7 @@ class EMPSSL(Method):
     # 10-minute CPU run took 61 steps and ended below random init; at 100 it takes ~330 and learns
     # (docs/benchmarks.md)
     default_batch_size = 100
-    base_lr = 0.768
+    base_lr = 0.3 * 256 / 100
     default_weight_decay = 1e-4
     test_overrides = {"proj_hidden_dim": 64, "proj_dim": 16}
 
