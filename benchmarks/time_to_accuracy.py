@@ -123,7 +123,7 @@ def run_lightly(a, seed: int, x: np.ndarray) -> tuple[list[tuple[float, dict]], 
     budget = a.budget_min * 60
     probes, step, total_steps, next_probe, t_first = [], 0, None, a.probe_s, None
     while True:
-        for views, *_ in loader:
+        for views in loader:  # the transform gives [view0, view1] per image; collated, one batch per view
             now = time.perf_counter() - t0
             if now >= budget or (a.max_steps and step >= a.max_steps):
                 probes.append((now, copy.deepcopy(backbone.state_dict())))

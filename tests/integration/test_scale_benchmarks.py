@@ -46,6 +46,19 @@ def test_time_to_accuracy_dry_run_and_interpolation(tmp_path: Path, blobs_npz: P
     assert time_to(0.2, [(60.0, 0.3)]) == 60.0 and time_to(0.9, [(60.0, 0.3)]) is None
 
 
+def test_time_to_accuracy_lightly_side_dry_run(tmp_path: Path, blobs_npz: Path) -> None:
+    """lightly's SimCLR side trains a few steps on the views its own transform makes (the bench extra)."""
+    pytest.importorskip("lightly")
+    results = tmp_path / "tta.jsonl"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--dry-run", "--sides",
+                        "selfsup,lightly", "--data", str(blobs_npz), "--out", str(tmp_path / "runs"), "--results",
+                        str(results)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(results.read_text().splitlines()[0])
+    assert row["lightly"]["steps"] == 4 and all(0 <= v <= 1 for _, v in row["lightly"]["curve"])
+    assert row["target_knn"] == row["lightly"]["curve"][-1][1] and "ratio" in row
+
+
 def test_scaling_plot_averages_seeds_per_budget(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
 
