@@ -50,9 +50,31 @@ def test_budget_without_a_limit_never_ends_or_resizes_the_run():
 
 def test_budget_sizes_the_run_early_and_again_after_the_measured_steps():
     b = Budget(1e6, start_step=3, dctx=ONE)  # a budget far beyond the run: the schedule keeps its length
-    assert [s for s in range(4, 40) if b.resize(s, 100) is not None] == [6, 28]  # steps 3 and 25 of this launch
+    # steps 3 and 25 of this launch, then a quarter (too close to step 25: skipped) and half of the 97 left
+    assert [s for s in range(4, 120) if b.resize(s, 100) is not None] == [6, 28, 51]
     b = Budget(1e6, start_step=0, dctx=ONE)
     assert [b.resize(s, 100) for s in (1, 2, 3)] == [None, None, 100] and not b.time_up()
+
+
+def test_budget_resizes_again_once_the_steps_run_at_their_steady_speed(monkeypatch):
+    """Steps 6-25 at 1 s, every later one at 0.5 s (kernels and caches warm): sized on steps 6-25 alone the
+    600-s run would end its schedule at 312 s; the resizes at a quarter and half of it use the steady speed."""
+    import selfsup.engine.budget as B
+
+    now = [0.0]
+    monkeypatch.setattr(B.time, "perf_counter", lambda: now[0])
+    b = Budget(10.0, start_step=0, dctx=ONE)
+    total, sized, step = 100_000, [], 0
+    while step < total:
+        step += 1
+        now[0] += 1.0 if step <= 25 else 0.5
+        if (new := b.resize(step, total)) is not None:
+            total = new
+            sized.append((step, total))
+    assert [s for s, _ in sized[:2]] == [3, 25] and sized[1][1] == 600  # 575 more steps at 1 s
+    assert len(sized) == 4 and sized[2][0] == int(0.25 * sized[1][1]) and sized[3][0] == int(0.5 * sized[1][1])
+    assert total == 1175 and abs(now[0] - 600) <= 1.0  # the schedule ends with the budget
+    assert b.resize(step + 1, total) is None and len(b.marks) == 6  # only the steps a sizing reads were timed
 
 
 def test_a_short_budget_at_a_slow_speed_gets_a_schedule_it_finishes(monkeypatch):
