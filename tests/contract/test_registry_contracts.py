@@ -1,5 +1,6 @@
 """Contract tests generated from the registries of backbones, augmentation presets, evaluators and datasets (the
-methods' are in test_methods_contract.py): a registered part is a tested part, at tiny sizes.
+methods' are in test_methods_contract.py) and the shipped run presets: a registered part is a tested part, at tiny
+sizes.
 
 Also the layering the contracts rely on: a lower layer never imports a higher one.
 """
@@ -16,6 +17,7 @@ from conftest import make_blobs
 
 from selfsup.augment.presets import ViewOverrides, build_pipeline
 from selfsup.backbones.base import Backbone, build_backbone
+from selfsup.cli.config_args import config_from_args, preset_names
 from selfsup.data.base import DataError, ImageDataset
 from selfsup.errors import ConfigError
 from selfsup.evaluation.protocols import EvalContext
@@ -232,3 +234,21 @@ def test_dataset_loads_or_fails_in_one_line_when_its_files_are_absent(name, tmp_
     assert len(ds.mean) == len(ds.std) == ds.channels and all(s > 0 for s in ds.std)
 
 
+
+
+# ------------------------------------------------------------------------------------ shipped run presets
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_run_preset_resolves_and_trains(name: str, blobs_npz: Path, tmp_path: Path) -> None:
+    """``--config NAME`` for every YAML in ``selfsup/configs``: it resolves through the one config door and trains
+    two steps on tiny data (eager; ``--data`` replaces a preset's dataset, as a user's would)."""
+    from selfsup.api import pretrain
+    from selfsup.cli.main import build_parser
+
+    args = build_parser().parse_args(["pretrain", "--config", name, "--data", str(blobs_npz), "--max-steps", "2",
+                                      "--batch-size", "8", "--device", "cpu", "--set", "train.compile=false",
+                                      "--set", "train.log_every=1", "--out", str(tmp_path / "run")])
+    cfg = config_from_args(args)
+    res = pretrain(cfg, tmp_path / "run", quiet=True)
+    assert res.steps == 2 and (tmp_path / "run" / "config.yaml").exists()
+    if name == "speedrun-cpu":  # the measured recipe (docs/benchmarks.md, "Time to accuracy")
+        assert cfg.method.name == "simclr" and cfg.augment.size == 16 and cfg.train.time_limit_min == 10

@@ -168,3 +168,17 @@ def test_gpu_benchmark_names_the_data_paths_it_has() -> None:
     r = subprocess.run([sys.executable, str(GPU_SCRIPT), "--dry-run", "--data-path", "device,nvme"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and "'nvme' is not a data path; choose from device, pinned, pageable, shards" in r.stderr
+
+
+def test_pretrain_cifar10_takes_a_preset_and_records_it(tmp_path: Path, blobs_npz: Path) -> None:
+    """``--config speedrun-cpu``: the preset's method and views reach the run, and the JSON row names the preset."""
+    results = tmp_path / "rows.jsonl"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pretrain_cifar10.py"), "--config", "speedrun-cpu",
+                        "--data", str(blobs_npz), "--epochs", "1", "--batch-size", "8", "--no-compile", "--out",
+                        str(tmp_path / "run"), "--results", str(results)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(results.read_text().splitlines()[0])
+    assert row["method"] == "simclr" and row["config"] == "speedrun-cpu" and row["steps"] == 4
+    assert 0 <= row["knn_top1"] <= 1 and "baseline_knn_top1" in row
+    assert "size: 16" in (tmp_path / "run" / "config.yaml").read_text()
