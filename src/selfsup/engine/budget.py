@@ -9,8 +9,8 @@ left (never more than the configured epochs), so the warm-up and the cosine sche
 - then at a quarter and at half of the run so sized (:data:`LATER`), each time from the steps since the previous
   sizing. Steps 6-25 still run slower than the rest (compiled kernels and allocator caches warming up, CPU
   clocks): a 10-minute SimCLR run at 24 px measured ~700 images/s over them and ~850 after, so a run sized only
-  there ended its schedule after 483 s of its 600. A later resize changes the cosine's length by a few percent at
-  most, so the learning rate moves by about as much.
+  there ended its schedule after 483 s of its 600. A later resize moves the learning rate only a little: making
+  the cosine a fifth longer at a quarter of the run raises the lr there by about 5 %.
 
 The warm-up never takes more than a fifth of the sized run (engine/schedules.py: ``run_schedule``). A budget
 that fits fewer than :data:`USEFUL_STEPS` steps is warned about (:func:`estimate_message`). The run also stops
@@ -24,7 +24,7 @@ from . import distributed as D
 
 # (first step measured, step of this launch after which the run is sized), in this launch's steps
 CALIBRATIONS = ((1, 3), (5, 25))
-LATER = (0.25, 0.5)  # then again at these fractions of the run sized after step 25, from the steps since the last
+LATER = (0.25, 0.5)  # fractions of the run sized after step 25 where it is sized again (steps since the last sizing)
 _MARKED = frozenset(s for pair in CALIBRATIONS for s in pair)
 USEFUL_STEPS = 50  # fewer fitting steps than this: warm-up plus too few steps to learn anything
 
