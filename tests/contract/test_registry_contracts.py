@@ -234,8 +234,6 @@ def test_dataset_loads_or_fails_in_one_line_when_its_files_are_absent(name, tmp_
     assert len(ds.mean) == len(ds.std) == ds.channels and all(s > 0 for s in ds.std)
 
 
-
-
 # ------------------------------------------------------------------------------------ shipped run presets
 @pytest.mark.parametrize("name", preset_names())
 def test_every_shipped_run_preset_resolves_and_trains(name: str, blobs_npz: Path, tmp_path: Path) -> None:

@@ -28,14 +28,19 @@ def test_loader_benchmark_dry_run(tmp_path: Path) -> None:
     assert "| 40x30 | 16 |" in r.stdout and "whole ÷ torchvision" in r.stdout
 
 
-def test_time_to_accuracy_dry_run_and_interpolation(tmp_path: Path, blobs_npz: Path) -> None:
-    """The selfsup side trains, keeps a checkpoint per probe and evaluates each (lightly is the bench extra)."""
+def _time_to_accuracy_dry_run(tmp_path: Path, data: Path, sides: str) -> dict:
+    """``time_to_accuracy.py --dry-run --sides SIDES`` on ``data``: its one JSON row."""
     results = tmp_path / "tta.jsonl"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--dry-run", "--sides",
-                        "selfsup", "--data", str(blobs_npz), "--out", str(tmp_path / "runs"), "--results",
-                        str(results)], capture_output=True, text=True, timeout=600)
+                        sides, "--data", str(data), "--out", str(tmp_path / "runs"), "--results", str(results)],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    row = json.loads(results.read_text().splitlines()[0])
+    return json.loads(results.read_text().splitlines()[0])
+
+
+def test_time_to_accuracy_dry_run_and_interpolation(tmp_path: Path, blobs_npz: Path) -> None:
+    """The selfsup side trains, keeps a checkpoint per probe and evaluates each (lightly is the bench extra)."""
+    row = _time_to_accuracy_dry_run(tmp_path, blobs_npz, "selfsup")
     curve = row["selfsup"]["curve"]
     assert len(curve) == 2 and all(0 <= v <= 1 for _, v in curve)  # checkpoints at steps 2 and 4
     assert curve[0][0] < curve[1][0] and row["selfsup"]["steps"] == 4
@@ -49,12 +54,7 @@ def test_time_to_accuracy_dry_run_and_interpolation(tmp_path: Path, blobs_npz: P
 def test_time_to_accuracy_lightly_side_dry_run(tmp_path: Path, blobs_npz: Path) -> None:
     """lightly's SimCLR side trains a few steps on the views its own transform makes (the bench extra)."""
     pytest.importorskip("lightly")
-    results = tmp_path / "tta.jsonl"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--dry-run", "--sides",
-                        "selfsup,lightly", "--data", str(blobs_npz), "--out", str(tmp_path / "runs"), "--results",
-                        str(results)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    row = json.loads(results.read_text().splitlines()[0])
+    row = _time_to_accuracy_dry_run(tmp_path, blobs_npz, "selfsup,lightly")
     assert row["lightly"]["steps"] == 4 and all(0 <= v <= 1 for _, v in row["lightly"]["curve"])
     assert row["target_knn"] == row["lightly"]["curve"][-1][1] and "ratio" in row
 
